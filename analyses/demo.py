@@ -1,0 +1,209 @@
+"""The demo study: model → activations → crosscoder → co-activation graph → communities → HTML, GraphML, JSON.
+
+``run_demo(DemoConfig(...))`` is what ``featgraph demo`` runs. On the embedded default it needs no network;
+with ``model`` set to a TransformerLens name or a local checkpoint it runs the same path on that model, with
+the built-in story corpus as its text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from crosscoder.apply import check_compatible, feature_activations
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
+from crosscoder.crosscoder import Crosscoder
+from crosscoder.errors import FeatgraphError
+from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm_scales, harvest
+from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
+from crosscoder.metrics import evaluate
+from crosscoder.model_loading import load_model
+from featgraph.coactivation import add_layer_profiles, add_top_contexts, coactivation_graph
+from featgraph.communities import leiden
+from featgraph.export import write_graphml, write_json
+from featgraph.html import write_html
+from featgraph.stats import CoactivationStats
+
+from .corpus import generate_stories
+from .tiny_model import TINY, EmbeddedConfig, load_embedded, pack_rows
+
+__all__ = ["DemoConfig", "DemoSummary", "run_demo", "SIZES"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSize:
+    """How big each stage of the demo is."""
+
+    embedded: EmbeddedConfig
+    n_features: int
+    cc_steps: int
+    cc_batch: int
+    graph_rows: int
+    """Token rows streamed into the graph statistics."""
+    eval_rows: int
+    """Held-out token rows for the crosscoder metrics."""
+    min_cocount: int
+
+
+SIZES = {
+    "default": DemoSize(EmbeddedConfig(), n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
+    "tiny": DemoSize(TINY, n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
+}
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``featgraph demo``."""
+
+    out: Path = Path("featgraph_out")
+    """Folder for every file the demo writes (created; must not be a file)."""
+    seed: int = 0
+    """One seed for the embedded model, the crosscoder, the buffer and the communities."""
+    model: str = "embedded"
+    """``embedded``, a TransformerLens model name, or a local HuggingFace checkpoint folder."""
+    hookpoints: list[str] | None = None
+    """Hookpoints to read; default blocks.0.hook_resid_pre and every blocks.N.hook_resid_post."""
+    crosscoder: Path | None = None
+    """Use this saved crosscoder instead of training one."""
+    size: Literal["default", "tiny"] = "default"
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    top_k: int = 8
+    """Edges kept per node (the strongest by Pearson)."""
+    progress: bool = True
+    l1_coeff: float = 2.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.size not in SIZES:
+            raise FeatgraphError(f"unknown demo size {self.size!r}; choose one of {sorted(SIZES)}")
+        if self.out.exists() and not self.out.is_dir():
+            raise FeatgraphError(f"output path {self.out} is a file; pass --out with a folder path")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise FeatgraphError("--device cuda was asked for but CUDA is not available; use --device cpu")
+
+
+@dataclass
+class DemoSummary:
+    model: str
+    model_val_loss: float | None
+    unigram_val_loss: float | None
+    fvu_pooled: float
+    fvu_per_hookpoint: list[float]
+    l0: float
+    dead_fraction: float
+    n_nodes: int
+    n_edges: int
+    n_communities: int
+    modularity: float
+    seconds: float
+    paths: dict[str, str]
+
+    def lines(self) -> list[str]:
+        loss = "n/a" if self.model_val_loss is None else f"{self.model_val_loss:.3f} nats/token (unigram baseline {self.unigram_val_loss:.3f})"
+        return [
+            f"model          {self.model}: val loss {loss}",
+            f"crosscoder     FVU pooled {self.fvu_pooled:.3f} (per hookpoint {', '.join(f'{v:.3f}' for v in self.fvu_per_hookpoint)}), "
+            f"L0 {self.l0:.1f}, dead {100 * self.dead_fraction:.1f} %",
+            f"graph          {self.n_nodes} nodes, {self.n_edges} edges, {self.n_communities} communities, modularity {self.modularity:.3f}",
+            f"time           {self.seconds:.0f} s",
+            *[f"wrote          {name:<11} {p}" for name, p in self.paths.items()],
+        ]
+
+
+def _prepare_model(cfg: DemoConfig, size: DemoSize):
+    """(model, train rows, held-out rows, token → string, report or None)."""
+    if cfg.model == "embedded":
+        emb = load_embedded(EmbeddedConfig(**{**asdict(size.embedded), "seed": cfg.seed}), progress=cfg.progress)
+        model = emb.model.to(cfg.device, print_details=False)
+        return model, emb.tokens_train_NT, emb.tokens_val_NT, emb.report
+    model = load_model(cfg.model, device=cfg.device)
+    if model.tokenizer is None:
+        raise FeatgraphError(f"model {cfg.model!r} has no tokenizer; save one beside its config.json")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+    n_ctx = min(128, model.cfg.n_ctx)
+    stories = generate_stories(size.embedded.n_stories // 4, seed=cfg.seed)
+    bos = model.tokenizer.bos_token or model.tokenizer.eos_token
+    rows = pack_rows(stories, tok, n_ctx, bos, model.tokenizer.eos_token or bos)
+    n_val = max(1, len(rows) // 20)
+    return model, rows[:-n_val], rows[-n_val:], None
+
+
+def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscoder:
+    torch.manual_seed(cfg.seed)
+    scales = estimate_norm_scales(model, rows[: max(8, size.graph_rows // 4)], hookpoints)
+    cc = Crosscoder(CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=cfg.model, seed=cfg.seed)).to(cfg.device)
+    cc.norm_scale_L.copy_(scales)
+    buf = ActivationBuffer(model, rows, hookpoints, scales, size.cc_batch, n_buffer_tokens=16 * size.cc_batch, seed=cfg.seed, device=cfg.device)
+    from crosscoder.train import train_crosscoder
+
+    tcfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=2e-3 if size.cc_steps < 2000 else 1e-3, seed=cfg.seed)
+    train_crosscoder(cc, buf.next_batch, tcfg, progress=cfg.progress)
+    return cc
+
+
+def run_demo(cfg: DemoConfig) -> DemoSummary:
+    t0 = time.perf_counter()
+    size = SIZES[cfg.size]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    model, train_rows, val_rows, report = _prepare_model(cfg, size)
+    hookpoints = cfg.hookpoints or default_hookpoints(model.cfg.n_layers)
+    check_hookpoints(model, hookpoints)
+
+    if cfg.crosscoder is not None:
+        cc = load_crosscoder(cfg.crosscoder, device=cfg.device)
+        check_compatible(cc, model, where=f"crosscoder {cfg.crosscoder}")
+        hookpoints = cc.cfg.hookpoints
+    else:
+        cc = _train(cfg, size, model, train_rows, hookpoints)
+    cc.eval()
+    eval_rows = val_rows[: size.eval_rows]
+    metrics = evaluate(cc, harvest(model, eval_rows, hookpoints, device=cfg.device))
+
+    stats = CoactivationStats(cc.cfg.n_features)
+    graph_rows = torch.cat([val_rows, train_rows])[: size.graph_rows]
+    n_batches = -(-graph_rows.shape[0] // 32)
+    for chunk in tqdm(feature_activations(cc, model, graph_rows), total=n_batches, desc="graph stats", disable=not cfg.progress, leave=False):
+        stats.update(chunk.f_nF, chunk.token_index_n)
+    graph = coactivation_graph(stats, top_k=cfg.top_k, min_cocount=size.min_cocount)
+    graph.require_edges()
+    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), hookpoints)
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
+    add_top_contexts(graph, stats, graph_rows.numpy(), (lambda t: vocab[t]) if vocab else str)
+    comm = leiden(graph, seed=cfg.seed)
+    graph.set_node_attr("community", comm.membership.tolist())
+    graph.meta.update({"model": cfg.model, "modularity": comm.modularity, "n_communities": comm.n_communities, "seed": cfg.seed})
+
+    paths = {}
+    if cfg.crosscoder is None:
+        paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra={"metrics": metrics.to_dict()}))
+    paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {cfg.model}"))
+    paths["graphml"] = str(write_graphml(graph, cfg.out / "graph.graphml"))
+    paths["json"] = str(write_json(graph, cfg.out / "graph.json"))
+    summary = DemoSummary(
+        model=cfg.model,
+        model_val_loss=report["val_loss"] if report else None,
+        unigram_val_loss=report["unigram_val_loss"] if report else None,
+        fvu_pooled=metrics.fvu_pooled, fvu_per_hookpoint=metrics.fvu_per_hookpoint, l0=metrics.l0,
+        dead_fraction=metrics.dead_fraction, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
+        n_communities=comm.n_communities, modularity=comm.modularity, seconds=time.perf_counter() - t0, paths=paths,
+    )
+    paths["summary"] = str(cfg.out / "summary.json")
+    with atomic_file(cfg.out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(asdict(summary), indent=2))
+    return summary

@@ -1,0 +1,43 @@
+"""Apply a trained crosscoder to a model: compatibility checks and streamed feature activations."""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+from transformer_lens import HookedTransformer
+
+from .crosscoder import Crosscoder
+from .errors import FeatgraphError
+from .harvest import check_hookpoints, harvest
+
+__all__ = ["check_compatible", "feature_activations", "FeatureChunk"]
+
+
+class FeatureChunk(NamedTuple):
+    f_nF: torch.Tensor        # (n, F) feature activations of n tokens (BOS dropped)
+    token_index_n: torch.Tensor  # (n,) flat index row·T + pos into the token rows (CPU, int64)
+
+
+def check_compatible(cc: Crosscoder, model: HookedTransformer, where: str = "the crosscoder") -> None:
+    """Raise one clear line if ``cc`` cannot read ``model``'s activations (width or hookpoints)."""
+    if cc.cfg.d_model != model.cfg.d_model:
+        raise FeatgraphError(
+            f"{where} was trained on d_model={cc.cfg.d_model} (model {cc.cfg.model_name or '?'}) but this model has "
+            f"d_model={model.cfg.d_model}; use the model it was trained on or train a new crosscoder"
+        )
+    check_hookpoints(model, cc.cfg.hookpoints)
+
+
+@torch.no_grad()
+def feature_activations(
+    cc: Crosscoder, model: HookedTransformer, tokens_NT: torch.Tensor, batch_size: int = 32
+) -> Iterator[FeatureChunk]:
+    """Stream feature activations over token rows, one model batch at a time (never the whole set at once)."""
+    check_compatible(cc, model)
+    T = tokens_NT.shape[1]
+    positions_T = torch.arange(1, T)
+    for b, acts_BLD in enumerate(harvest(model, tokens_NT, cc.cfg.hookpoints, batch_size, device=cc.device)):
+        rows = torch.arange(b * batch_size, min((b + 1) * batch_size, tokens_NT.shape[0]))
+        index_n = (rows[:, None] * T + positions_T[None, :]).reshape(-1)
+        yield FeatureChunk(cc.encode(acts_BLD), index_n)

@@ -1,0 +1,126 @@
+"""Typed configurations for the crosscoder and its training run.
+
+Each field says what it is for; invalid values are rejected in ``__post_init__`` with a message
+that says what is allowed. The CLI and the studies build on these rather than on loose dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FeatgraphError
+
+__all__ = ["CrosscoderConfig", "TrainConfig", "default_hookpoints"]
+
+
+def default_hookpoints(n_layers: int) -> list[str]:
+    """``blocks.0.hook_resid_pre`` then every ``blocks.N.hook_resid_post``: the residual stream at every depth."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{n}.hook_resid_post" for n in range(n_layers)]
+
+
+@dataclass
+class CrosscoderConfig:
+    """Shape and sparsity penalty of an acausal crosscoder (Anthropic, "Sparse Crosscoders", 2024)."""
+
+    hookpoints: list[str]
+    """Hookpoints it reads and writes, in order; one hookpoint makes it a per-layer SAE."""
+    d_model: int
+    """Width of every hookpoint's activation vector."""
+    n_features: int
+    """Dictionary size F."""
+    dec_init_norm: float = 0.08
+    """Initial norm of each decoder vector W_dec[i, l]; the encoder starts as the decoder's transpose."""
+    model_name: str = ""
+    """Provenance: the model whose activations it was trained on (checked when it is applied)."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self) -> None:
+        self.hookpoints = list(self.hookpoints)
+        if not self.hookpoints:
+            raise FeatgraphError("crosscoder config has no hookpoints: give at least one, e.g. blocks.0.hook_resid_post")
+        if len(set(self.hookpoints)) != len(self.hookpoints):
+            raise FeatgraphError(f"crosscoder hookpoints repeat: {self.hookpoints}; list each hookpoint once")
+        if self.d_model <= 0 or self.n_features <= 0:
+            raise FeatgraphError(f"d_model and n_features must be positive, got {self.d_model} and {self.n_features}")
+        if not self.dec_init_norm > 0:
+            raise FeatgraphError(f"dec_init_norm must be > 0, got {self.dec_init_norm}")
+
+    @property
+    def n_hookpoints(self) -> int:
+        return len(self.hookpoints)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CrosscoderConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise FeatgraphError(f"crosscoder cfg.json has unknown fields {sorted(unknown)}; it was written by another version")
+        return cls(**d)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: schedule of the learning rate and of the sparsity coefficient λ."""
+
+    steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 1024
+    """Tokens per step (each token carries all hookpoints)."""
+    lr: float = 1e-3
+    """Peak Adam learning rate."""
+    l1_coeff: float = 2.0
+    """λ of the L1-of-decoder-norms penalty, on activations normalised to mean norm √d_model."""
+    l1_warmup_frac: float = 0.05
+    """λ ramps linearly from 0 over this fraction of the steps (avoids killing features early)."""
+    lr_warmup_frac: float = 0.0
+    """Learning rate ramps linearly from 0 over this fraction of the steps."""
+    lr_decay_frac: float = 0.2
+    """Learning rate decays linearly to 0 over this last fraction of the steps."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    log_every: int = 50
+    """Steps between logged losses."""
+    seed: int = 0
+    """Seed of the buffer's shuffling."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the run (e.g. the data it saw)."""
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise FeatgraphError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise FeatgraphError(f"lr must be a positive number, got {self.lr}")
+        if self.l1_coeff < 0:
+            raise FeatgraphError(f"l1_coeff must be >= 0, got {self.l1_coeff}")
+        for name in ("l1_warmup_frac", "lr_warmup_frac", "lr_decay_frac"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise FeatgraphError(f"{name} must lie in [0, 1], got {v}")
+        if self.lr_warmup_frac + self.lr_decay_frac > 1.0:
+            raise FeatgraphError("lr_warmup_frac + lr_decay_frac must be <= 1")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate at ``step``: linear warm-up, constant, linear decay to 0."""
+        warm = int(self.lr_warmup_frac * self.steps)
+        decay_start = int((1.0 - self.lr_decay_frac) * self.steps)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if step >= decay_start and self.lr_decay_frac > 0:
+            return self.lr * (self.steps - step) / (self.steps - decay_start)
+        return self.lr
+
+    def l1_at(self, step: int) -> float:
+        """λ at ``step``: linear ramp from 0 over the first ``l1_warmup_frac`` of the steps."""
+        warm = int(self.l1_warmup_frac * self.steps)
+        if step < warm:
+            return self.l1_coeff * (step + 1) / warm
+        return self.l1_coeff

@@ -1,0 +1,172 @@
+"""Activation harvesting: run a TransformerLens model on token rows and collect hookpoint activations.
+
+Token rows are ``(N, T)`` with a BOS token at position 0; BOS positions are dropped (their residual stream is
+an outlier with a huge norm that would dominate any dictionary). The forward pass stops after the last
+block a hookpoint needs. A shuffled :class:`ActivationBuffer` turns the stream into training batches.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+from .errors import FeatgraphError
+
+__all__ = [
+    "check_hookpoints",
+    "harvest",
+    "estimate_norm_scales",
+    "ActivationBuffer",
+]
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def check_hookpoints(model: HookedTransformer, hookpoints: Sequence[str]) -> None:
+    """Raise a one-line :class:`FeatgraphError` naming any hookpoint the model does not have."""
+    missing = [h for h in hookpoints if h not in model.hook_dict]
+    if missing:
+        n = model.cfg.n_layers
+        raise FeatgraphError(
+            f"unknown hookpoint {missing[0]!r} for this {n}-layer model; use names such as "
+            f"blocks.0.hook_resid_pre, blocks.N.hook_resid_post, blocks.N.hook_resid_mid, blocks.N.hook_mlp_out "
+            f"or blocks.N.ln2.hook_normalized with N in 0..{n - 1}"
+        )
+
+
+def _stop_at_layer(model: HookedTransformer, hookpoints: Sequence[str]) -> int | None:
+    """Number of blocks the forward pass needs to reach every hookpoint (None = the whole model)."""
+    last = -1
+    for h in hookpoints:
+        m = _BLOCK_RE.match(h)
+        if m is None:
+            if h in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+                continue
+            return None  # ln_final, unembed: need everything
+        last = max(last, int(m.group(1)))
+    return last + 1
+
+
+@torch.no_grad()
+def harvest(
+    model: HookedTransformer,
+    tokens_NT: torch.Tensor,
+    hookpoints: Sequence[str],
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield activations ``(b·(T−1), L, D)`` per batch of token rows, BOS positions dropped.
+
+    Raises :class:`FeatgraphError` for an unknown hookpoint, hookpoints of different widths, or NaN/inf
+    activations.
+    """
+    check_hookpoints(model, hookpoints)
+    device = device or model.cfg.device
+    stop = _stop_at_layer(model, hookpoints)
+    names = set(hookpoints)
+    for start in range(0, tokens_NT.shape[0], batch_size):
+        batch_bT = tokens_NT[start : start + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch_bT, names_filter=lambda n: n in names, stop_at_layer=stop)
+        acts = [cache[h][:, 1:] for h in hookpoints]  # drop BOS: (b, T-1, D) each
+        widths = {a.shape[-1] for a in acts}
+        if len(widths) != 1 or acts[0].dim() != 3:
+            shapes = {h: tuple(cache[h].shape) for h in hookpoints}
+            raise FeatgraphError(f"hookpoints must all be (batch, pos, d_model) of one width, got {shapes}; pick residual-stream hookpoints")
+        acts_bTLD = torch.stack(acts, dim=2)
+        acts_BLD = acts_bTLD.reshape(-1, len(hookpoints), acts_bTLD.shape[-1]).float()
+        if not torch.isfinite(acts_BLD).all():
+            raise FeatgraphError(f"the model produced NaN/inf activations at {list(hookpoints)}; check the model weights and dtype (try float32)")
+        yield acts_BLD.to(device)
+
+
+@torch.no_grad()
+def estimate_norm_scales(
+    model: HookedTransformer, tokens_NT: torch.Tensor, hookpoints: Sequence[str], n_tokens: int = 20_000, batch_size: int = 32
+) -> torch.Tensor:
+    """Per-hookpoint scales s_l with mean ‖s_l a^l‖ = √d_model over about ``n_tokens`` tokens; shape (L,)."""
+    total = None
+    count = 0
+    for acts_BLD in harvest(model, tokens_NT, hookpoints, batch_size):
+        norms = acts_BLD.norm(dim=-1).sum(dim=0)
+        total = norms if total is None else total + norms
+        count += acts_BLD.shape[0]
+        if count >= n_tokens:
+            break
+    if total is None:
+        raise FeatgraphError("no tokens to estimate normalisation from; the token set is empty")
+    mean_norm_L = total / count
+    d_model = model.cfg.d_model
+    return (d_model**0.5 / mean_norm_L.clamp_min(1e-8)).cpu()
+
+
+class ActivationBuffer:
+    """A shuffled pool of normalised activations that refills from the model as it empties.
+
+    Holds ``n_buffer_tokens`` activations (B, L, D) on ``device``; every time half of it has been served, that
+    half is refilled from the next token rows (cycling through ``tokens_NT`` in an order reshuffled each
+    pass) and the pool is reshuffled. All randomness flows from ``seed``.
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        tokens_NT: torch.Tensor,
+        hookpoints: Sequence[str],
+        norm_scale_L: torch.Tensor,
+        batch_size: int,
+        n_buffer_tokens: int = 65_536,
+        model_batch_size: int = 32,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        check_hookpoints(model, hookpoints)
+        self.model, self.tokens_NT, self.hookpoints = model, tokens_NT, list(hookpoints)
+        self.scale_L1 = norm_scale_L.to(device)[:, None]
+        self.batch_size, self.model_batch_size, self.device = batch_size, model_batch_size, device
+        self.gen = torch.Generator().manual_seed(seed)
+        per_row = tokens_NT.shape[1] - 1
+        self.n_buffer = max(n_buffer_tokens, 2 * batch_size)
+        self.n_buffer = (self.n_buffer // per_row + 1) * per_row
+        self.row_order = torch.randperm(tokens_NT.shape[0], generator=self.gen)
+        self.next_row = 0
+        L, D = len(self.hookpoints), model.cfg.d_model
+        self.pool_BLD = torch.empty(self.n_buffer, L, D, device=device)
+        self._fill(0, self.n_buffer)
+        self.pointer = 0
+
+    def _next_rows(self, n_rows: int) -> torch.Tensor:
+        rows = []
+        while n_rows > 0:
+            if self.next_row >= len(self.row_order):
+                self.row_order = torch.randperm(self.tokens_NT.shape[0], generator=self.gen)
+                self.next_row = 0
+            take = self.row_order[self.next_row : self.next_row + n_rows]
+            self.next_row += len(take)
+            n_rows -= len(take)
+            rows.append(self.tokens_NT[take])
+        return torch.cat(rows)
+
+    def _fill(self, start: int, end: int) -> None:
+        per_row = self.tokens_NT.shape[1] - 1
+        n_rows = -(-(end - start) // per_row)
+        pos = start
+        for acts_BLD in harvest(self.model, self._next_rows(n_rows), self.hookpoints, self.model_batch_size, self.device):
+            take = min(acts_BLD.shape[0], end - pos)
+            self.pool_BLD[pos : pos + take] = acts_BLD[:take] * self.scale_L1
+            pos += take
+            if pos >= end:
+                break
+        perm = torch.randperm(self.n_buffer, generator=self.gen).to(self.device)
+        self.pool_BLD = self.pool_BLD[perm]
+
+    def next_batch(self) -> torch.Tensor:
+        """A batch (batch_size, L, D) of normalised activations."""
+        if self.pointer + self.batch_size > self.n_buffer // 2:
+            self._fill(0, self.n_buffer // 2)  # the served half sits at the front: refill it, reshuffle all
+            self.pointer = 0
+        batch = self.pool_BLD[self.pointer : self.pointer + self.batch_size]
+        self.pointer += self.batch_size
+        return batch

@@ -1,0 +1,123 @@
+"""Save and load a crosscoder as a folder: ``cfg.json`` + ``crosscoder.safetensors``.
+
+Nothing is pickled. The normalisation scales travel in the safetensors file, so a loaded crosscoder works on
+raw activations. Writes go to a temporary sibling folder that is renamed into place, so an interrupted save
+never leaves a half-written crosscoder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CrosscoderConfig
+from .crosscoder import Crosscoder
+from .errors import FeatgraphError
+
+__all__ = ["save_crosscoder", "load_crosscoder", "atomic_dir", "atomic_file", "FORMAT_NAME"]
+
+FORMAT_NAME = "featgraph.crosscoder"
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "crosscoder.safetensors"
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target`` whole."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FeatgraphError(f"output path {target} is a file, not a folder; pass a folder path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``."""
+    target = Path(target)
+    if target.is_dir():
+        raise FeatgraphError(f"output path {target} is a folder, not a file; pass a file path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_crosscoder(cc: Crosscoder, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``cc`` to ``folder`` (replaced atomically); ``extra`` (JSON-able, e.g. metrics) goes into cfg.json."""
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "architecture": "relu",
+        "config": cc.cfg.to_dict(),
+        "extra": extra or {},
+    }
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in cc.state_dict().items()}
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        (tmp / CFG_FILE).write_text(json.dumps(meta, indent=2))
+    return Path(folder)
+
+
+def read_crosscoder_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed cfg.json of a crosscoder folder, checked for format."""
+    folder = Path(folder)
+    cfg_path = folder / CFG_FILE
+    if not folder.is_dir() or not cfg_path.is_file():
+        raise FeatgraphError(f"{folder} is not a crosscoder folder (no {CFG_FILE}); pass a folder written by `featgraph demo` or save_crosscoder")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FeatgraphError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno}); re-save the crosscoder") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise FeatgraphError(f"{cfg_path} is not a featgraph crosscoder config (format={meta.get('format')!r})")
+    return meta
+
+
+def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Crosscoder:
+    """Load a crosscoder saved by :func:`save_crosscoder`, checking that weights match the config."""
+    folder = Path(folder)
+    meta = read_crosscoder_meta(folder)
+    cc = Crosscoder(CrosscoderConfig.from_dict(meta["config"]))
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FeatgraphError(f"{weights_path} is missing; the crosscoder folder is incomplete — re-save it")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FeatgraphError(f"crosscoder weights {weights_path} are truncated or corrupt ({e}); re-save or re-train it") from None
+    expected = {k: tuple(v.shape) for k, v in cc.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        raise FeatgraphError(f"crosscoder weights {weights_path} do not match cfg.json (expected {expected}, found {got}); the folder mixes two crosscoders")
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise FeatgraphError(f"crosscoder weights {weights_path} contain NaN or inf; the run that wrote them diverged — re-train with a lower lr")
+    cc.load_state_dict(state)
+    return cc.to(device)

@@ -1,0 +1,70 @@
+"""The ``featgraph`` command line.
+
+This is the one place that wires studies in: ``STUDIES`` maps a subcommand to the module that runs it, imported
+only when that subcommand runs. User errors (:class:`~crosscoder.errors.FeatgraphError`) print one line and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from crosscoder.errors import FeatgraphError
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from analyses.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=args.out, seed=args.seed, model=args.model, crosscoder=args.crosscoder, size=args.size,
+        device=args.device, top_k=args.top_k, progress=not args.quiet,
+        hookpoints=[h.strip() for h in args.hookpoints.split(",") if h.strip()] if args.hookpoints else None,
+    )
+    summary = run_demo(cfg)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="featgraph", description="Crosscoder feature graphs: train, connect, cluster, compare.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="end to end on the embedded default: model, crosscoder, co-activation graph, HTML")
+    d.add_argument("--out", type=Path, default=Path("featgraph_out"), help="output folder (default: featgraph_out)")
+    d.add_argument("--seed", type=int, default=0, help="one seed for every random choice (default: 0)")
+    d.add_argument("--model", default="embedded", help="'embedded' (default), a TransformerLens model name, or a local checkpoint folder")
+    d.add_argument("--hookpoints", default=None, help="comma-separated hookpoints (default: blocks.0.hook_resid_pre and every blocks.N.hook_resid_post)")
+    d.add_argument("--crosscoder", type=Path, default=None, help="use a saved crosscoder folder instead of training one")
+    d.add_argument("--size", choices=["default", "tiny"], default="default", help="'tiny' runs in seconds (for smoke tests)")
+    d.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    d.add_argument("--top-k", type=int, default=8, help="edges kept per feature (default: 8)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(run=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.run(args)
+    except FeatgraphError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Build a co-activation graph from streamed statistics, and annotate its nodes.
+
+Edges join features that fire together (spar-2024; arXiv 2410.08869). Candidates are pairs with co-count
+≥ ``min_cocount`` (a significance floor for rare features); each gets every measure in
+:mod:`featgraph.measures`; the ``measure`` chosen as weight must be positive; then the graph is pruned to the
+strongest edges — an edge survives if it is among the ``top_k`` heaviest of *either* endpoint and/or its
+weight is ≥ ``threshold``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crosscoder.errors import FeatgraphError
+
+from .graph import FeatureGraph
+from .measures import MEASURES
+from .stats import CoactivationStats
+
+__all__ = ["coactivation_graph", "top_k_mask", "add_layer_profiles", "add_top_contexts", "feature_id"]
+
+
+def feature_id(i: int) -> str:
+    """Stable id of crosscoder feature ``i``."""
+    return f"F{i}"
+
+
+def top_k_mask(src: np.ndarray, dst: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Mask of edges among the ``k`` heaviest at either endpoint (ties broken by edge order)."""
+    keep = np.zeros(len(w), dtype=bool)
+    for a in (src, dst):
+        order = np.lexsort((-w, a))  # by node, then heaviest first
+        a_sorted = a[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(a_sorted)) + 1]
+        rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
+        keep[order[rank < k]] = True
+    return keep
+
+
+def coactivation_graph(
+    stats: CoactivationStats,
+    measure: str = "pearson",
+    top_k: int | None = 8,
+    threshold: float | None = None,
+    min_cocount: int = 5,
+) -> FeatureGraph:
+    """Co-activation graph over the features that fire, weighted by ``measure``.
+
+    Nodes are the features with at least one kept edge (isolated ones are counted in ``meta``); node
+    attributes are ``feature`` (index), ``count``, ``frequency``, ``mean_act`` (mean when active) and
+    ``max_act``; every edge carries ``cocount`` and each measure in :data:`MEASURES`.
+    """
+    if measure not in MEASURES:
+        raise FeatgraphError(f"unknown edge measure {measure!r}; choose one of {sorted(MEASURES)}")
+    if top_k is None and threshold is None:
+        raise FeatgraphError("prune the graph: give top_k, threshold or both")
+    if stats.n_tokens == 0:
+        raise FeatgraphError("no tokens were seen; the token set is empty")
+    i, j, c = stats.pairs(min_cocount)
+    values = {name: fn(stats, i, j) for name, fn in MEASURES.items()}
+    w = values[measure]
+    keep = w > 0
+    if threshold is not None:
+        keep &= w >= threshold
+    i, j, c, w = i[keep], j[keep], c[keep], w[keep]
+    values = {k: v[keep] for k, v in values.items()}
+    if top_k is not None:
+        sel = top_k_mask(i, j, w, top_k)
+        if threshold is not None:
+            sel |= w >= threshold
+        i, j, c, w = i[sel], j[sel], c[sel], w[sel]
+        values = {k: v[sel] for k, v in values.items()}
+
+    features = np.unique(np.r_[i, j])
+    local = np.full(stats.n_features, -1, dtype=np.int64)
+    local[features] = np.arange(len(features))
+    count = stats.count_F[features]
+    mean_act = np.divide(stats.sum_F[features], count, out=np.zeros(len(features)), where=count > 0)
+    alive = int((stats.count_F > 0).sum())
+    return FeatureGraph(
+        node_ids=[feature_id(f) for f in features.tolist()],
+        node_attrs={
+            "feature": features.tolist(),
+            "count": count.tolist(),
+            "frequency": (count / stats.n_tokens).tolist(),
+            "mean_act": mean_act.tolist(),
+            "max_act": stats.max_F[features].tolist(),
+        },
+        edge_src=local[i],
+        edge_dst=local[j],
+        edge_attrs={"weight": w, "cocount": c, **values},
+        meta={
+            "kind": "coactivation", "measure": measure, "top_k": top_k, "threshold": threshold,
+            "min_cocount": min_cocount, "active_threshold": stats.threshold, "n_tokens": stats.n_tokens,
+            "n_features": stats.n_features, "n_alive": alive, "n_isolated": alive - len(features),
+        },
+    )
+
+
+def add_layer_profiles(graph: FeatureGraph, decoder_norms_FL: np.ndarray, hookpoints: Sequence[str]) -> None:
+    """Per node: ``layer_profile`` (‖W_dec,i^l‖ per hookpoint), ``peak_layer`` (argmax) and ``peak_hookpoint``."""
+    feats = np.asarray(graph.node_attrs["feature"], dtype=np.int64)
+    prof = np.asarray(decoder_norms_FL)[feats]
+    peak = prof.argmax(axis=1) if len(feats) else np.zeros(0, dtype=np.int64)
+    graph.set_node_attr("layer_profile", [[round(float(v), 5) for v in row] for row in prof])
+    graph.set_node_attr("peak_layer", peak.tolist())
+    graph.set_node_attr("peak_hookpoint", [hookpoints[p] for p in peak])
+    graph.meta["hookpoints"] = list(hookpoints)
+
+
+def add_top_contexts(
+    graph: FeatureGraph,
+    stats: CoactivationStats,
+    tokens_NT: np.ndarray,
+    token_str: Callable[[int], str],
+    window: int = 8,
+    n_contexts: int = 4,
+) -> None:
+    """Per node ``top_contexts``: up to ``n_contexts`` dicts ``{left, token, right, act}`` around its top tokens.
+
+    ``token_index`` values in ``stats`` are flat indices row·T + pos into ``tokens_NT``; the left context stops at
+    the row's start (position 1, after BOS).
+    """
+    tokens_NT = np.asarray(tokens_NT)
+    T = tokens_NT.shape[1]
+    contexts = []
+    for f in graph.node_attrs["feature"]:
+        ctx = []
+        for val, idx in zip(stats.top_val_FM[f][:n_contexts], stats.top_idx_FM[f][:n_contexts]):
+            if idx < 0:
+                continue
+            row, pos = divmod(int(idx), T)
+            left = "".join(token_str(t) for t in tokens_NT[row, max(1, pos - window) : pos])
+            right = "".join(token_str(t) for t in tokens_NT[row, pos + 1 : pos + 1 + window // 2])
+            ctx.append({"left": left, "token": token_str(int(tokens_NT[row, pos])), "right": right, "act": round(float(val), 4)})
+        contexts.append(ctx)
+    graph.set_node_attr("top_contexts", contexts)
