@@ -160,7 +160,6 @@ def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscod
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     t0 = time.perf_counter()
     size = SIZES[cfg.size]
-    cfg.out.mkdir(parents=True, exist_ok=True)
     model, train_rows, val_rows, report = _prepare_model(cfg, size)
     hookpoints = cfg.hookpoints or default_hookpoints(model.cfg.n_layers)
     check_hookpoints(model, hookpoints)
@@ -189,6 +188,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     graph.set_node_attr("community", comm.membership.tolist())
     graph.meta.update({"model": cfg.model, "modularity": comm.modularity, "n_communities": comm.n_communities, "seed": cfg.seed})
 
+    cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}
     if cfg.crosscoder is None:
         paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra={"metrics": metrics.to_dict()}))

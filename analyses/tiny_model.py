@@ -52,7 +52,7 @@ class EmbeddedConfig:
     d_mlp: int = 512
     n_ctx: int = 128
     """Tokens per training row (BOS + n_ctx − 1 tokens of concatenated stories)."""
-    train_steps: int = 1200
+    train_steps: int = 500
     batch_size: int = 32
     """Rows per step."""
     lr: float = 3e-3
@@ -70,7 +70,7 @@ class EmbeddedConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-TINY = EmbeddedConfig(n_stories=400, vocab_size=320, n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, train_steps=40, batch_size=16)
+TINY = EmbeddedConfig(n_stories=400, vocab_size=320, n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, train_steps=300, batch_size=16, lr=1e-2)
 """A seconds-sized configuration for tests."""
 
 

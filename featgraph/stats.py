@@ -71,8 +71,9 @@ class CoactivationStats:
         f_nF = f_nF.float()
         active_nF = f_nF > self.threshold
         self.count_F += active_nF.sum(0).cpu().numpy()
-        self.sum_F += f_nF.sum(0).double().cpu().numpy()
-        self.sumsq_F += f_nF.double().pow(2).sum(0).cpu().numpy()
+        f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
+        self.sum_F += f64_nF.sum(0).cpu().numpy()
+        self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)
         self._update_pairs(f_nF, active_nF)
