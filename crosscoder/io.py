@@ -31,6 +31,12 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it replaces ``target`` whole."""
@@ -39,6 +45,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         raise FeatgraphError(f"output path {target} is a file, not a folder; pass a folder path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved folder gets normal permissions
     try:
         yield tmp
         if target.exists():
@@ -65,6 +72,7 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -34,16 +34,21 @@ def community_colors(n: int) -> list[str]:
     return out
 
 
-def layout_positions(graph: FeatureGraph, community: np.ndarray, x_gap: float = 350.0, y_gap: float = 18.0) -> np.ndarray:
-    """(n, 2) positions: x by peak layer, y stacks each column's nodes by community then frequency."""
+def layout_positions(graph: FeatureGraph, community: np.ndarray, gap: float = 22.0) -> np.ndarray:
+    """(n, 2) positions: one block per peak layer, left to right; inside a block, nodes fill a grid row by row,
+    sorted by community then frequency, so each community is a band."""
     layer = np.asarray(graph.node_attrs.get("peak_layer", [0] * graph.n_nodes))
     freq = np.asarray(graph.node_attrs.get("frequency", [0.0] * graph.n_nodes))
+    layers, sizes = np.unique(layer, return_counts=True)
+    n_cols = {lay: max(1, int(np.ceil(np.sqrt(n) / 1.5))) for lay, n in zip(layers, sizes)}
+    block = (max(n_cols.values(), default=1) + 4) * gap
     pos = np.zeros((graph.n_nodes, 2))
-    for lay in np.unique(layer):
+    for lay in layers:
         idx = np.flatnonzero(layer == lay)
         idx = idx[np.lexsort((-freq[idx], community[idx]))]
-        pos[idx, 0] = lay * x_gap
-        pos[idx, 1] = (np.arange(len(idx)) - len(idx) / 2) * y_gap + community[idx] * y_gap * 0.5
+        k = np.arange(len(idx))
+        pos[idx, 0] = lay * block + (k % n_cols[lay]) * gap
+        pos[idx, 1] = (k // n_cols[lay] - len(idx) / n_cols[lay] / 2) * gap
     return pos
 
 
