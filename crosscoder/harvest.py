@@ -167,6 +167,7 @@ class ActivationBuffer:
         if self.pointer + self.batch_size > self.n_buffer // 2:
             self._fill(0, self.n_buffer // 2)  # the served half sits at the front: refill it, reshuffle all
             self.pointer = 0
-        batch = self.pool_BLD[self.pointer : self.pointer + self.batch_size]
+        # A copy, not a view: the next refill writes into the pool in place and would change a batch still held.
+        batch = self.pool_BLD[self.pointer : self.pointer + self.batch_size].clone()
         self.pointer += self.batch_size
         return batch

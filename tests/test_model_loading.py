@@ -105,6 +105,21 @@ def test_harvest_activations(model):
         assert cache[name].shape == (3, 16, 768)
 
 
+def test_harvest_through_featgraph(model):
+    """The same loaded checkpoint through featgraph's harvester: default hookpoints, BOS dropped, same values."""
+    from crosscoder.config import default_hookpoints
+    from crosscoder.harvest import harvest
+
+    hookpoints = default_hookpoints(model.cfg.n_layers)
+    tokens = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(2))
+    batches = list(harvest(model, tokens, hookpoints, batch_size=2))
+    assert [b.shape for b in batches] == [(2 * 15, 5, 768), (1 * 15, 5, 768)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hookpoints)
+    want = torch.stack([cache[h][:, 1:] for h in hookpoints], dim=2).reshape(-1, 5, 768)
+    torch.testing.assert_close(torch.cat(batches), want, rtol=1e-4, atol=1e-4)
+
+
 def test_unknown_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FeatgraphError, match="unknown model 'no-such-model-xyz'") as info:
