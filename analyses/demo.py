@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -25,6 +24,7 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm_scales, harvest
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
+from crosscoder.train import train_crosscoder
 from crosscoder.model_loading import load_model
 from featgraph.coactivation import add_layer_profiles, add_top_contexts, coactivation_graph
 from featgraph.communities import leiden
@@ -53,6 +53,9 @@ class DemoSize:
     eval_rows: int
     """Held-out token rows for the crosscoder metrics."""
     min_cocount: int
+    """Co-count floor for an edge (a significance filter for rare features)."""
+    cc_lr: float = 2e-3
+    """Crosscoder learning rate (short runs take a higher one)."""
 
 
 SIZES = {
@@ -82,7 +85,7 @@ class DemoConfig:
     """Edges kept per node (the strongest by Pearson)."""
     progress: bool = True
     l1_coeff: float = 2.0
-    extra: dict = field(default_factory=dict)
+    """λ of the crosscoder's sparsity penalty."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -125,7 +128,7 @@ class DemoSummary:
 
 
 def _prepare_model(cfg: DemoConfig, size: DemoSize):
-    """(model, train rows, held-out rows, token → string, report or None)."""
+    """(model, train rows, held-out rows, training report of the embedded model or None)."""
     if cfg.model == "embedded":
         emb = load_embedded(EmbeddedConfig(**{**asdict(size.embedded), "seed": cfg.seed}), progress=cfg.progress)
         model = emb.model.to(cfg.device, print_details=False)
@@ -150,11 +153,26 @@ def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscod
     cc = Crosscoder(CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=cfg.model, seed=cfg.seed)).to(cfg.device)
     cc.norm_scale_L.copy_(scales)
     buf = ActivationBuffer(model, rows, hookpoints, scales, size.cc_batch, n_buffer_tokens=16 * size.cc_batch, seed=cfg.seed, device=cfg.device)
-    from crosscoder.train import train_crosscoder
-
-    tcfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=2e-3 if size.cc_steps < 2000 else 1e-3, seed=cfg.seed)
+    tcfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=size.cc_lr, seed=cfg.seed)
     train_crosscoder(cc, buf.next_batch, tcfg, progress=cfg.progress)
     return cc
+
+
+def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_NT: torch.Tensor):
+    """Stream feature activations over ``rows_NT`` into statistics; build, annotate and cluster the graph."""
+    stats = CoactivationStats(cc.cfg.n_features)
+    n_batches = -(-rows_NT.shape[0] // 32)
+    for chunk in tqdm(feature_activations(cc, model, rows_NT), total=n_batches, desc="graph stats", disable=not cfg.progress, leave=False):
+        stats.update(chunk.f_nF, chunk.token_index_n)
+    graph = coactivation_graph(stats, top_k=cfg.top_k, min_cocount=size.min_cocount)
+    graph.require_edges()
+    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.hookpoints)
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
+    add_top_contexts(graph, stats, rows_NT.numpy(), (lambda t: vocab[t]) if vocab else str)
+    comm = leiden(graph, seed=cfg.seed)
+    graph.set_node_attr("community", comm.membership.tolist())
+    graph.meta.update({"model": cfg.model, "modularity": comm.modularity, "n_communities": comm.n_communities, "seed": cfg.seed})
+    return graph, comm
 
 
 def run_demo(cfg: DemoConfig) -> DemoSummary:
@@ -174,19 +192,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     eval_rows = val_rows[: size.eval_rows]
     metrics = evaluate(cc, harvest(model, eval_rows, hookpoints, device=cfg.device))
 
-    stats = CoactivationStats(cc.cfg.n_features)
-    graph_rows = torch.cat([val_rows, train_rows])[: size.graph_rows]
-    n_batches = -(-graph_rows.shape[0] // 32)
-    for chunk in tqdm(feature_activations(cc, model, graph_rows), total=n_batches, desc="graph stats", disable=not cfg.progress, leave=False):
-        stats.update(chunk.f_nF, chunk.token_index_n)
-    graph = coactivation_graph(stats, top_k=cfg.top_k, min_cocount=size.min_cocount)
-    graph.require_edges()
-    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), hookpoints)
-    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
-    add_top_contexts(graph, stats, graph_rows.numpy(), (lambda t: vocab[t]) if vocab else str)
-    comm = leiden(graph, seed=cfg.seed)
-    graph.set_node_attr("community", comm.membership.tolist())
-    graph.meta.update({"model": cfg.model, "modularity": comm.modularity, "n_communities": comm.n_communities, "seed": cfg.seed})
+    graph, comm = _feature_graph(cfg, size, cc, model, torch.cat([val_rows, train_rows])[: size.graph_rows])
 
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}

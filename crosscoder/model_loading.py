@@ -57,8 +57,6 @@ PROCESSING: dict[str, bool] = {
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 PROBE_TIMEOUT_S = 2.0
@@ -77,7 +75,7 @@ def is_hf_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
     -------
     bool
         True when the directory has ``config.json`` and a weights file
-        (``model.safetensors``, ``pytorch_model.bin`` or their sharded index).
+        (``model.safetensors`` or its sharded index; pickled ``pytorch_model.bin`` files are refused).
     """
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
@@ -170,6 +168,11 @@ def _check_checkpoint_dir(path: Path) -> None:
             f"directory '{path}' has no config.json, so it is not a HuggingFace checkpoint; "
             "pass a directory written by save_pretrained or a TransformerLens model name"
         )
+    if not is_hf_checkpoint_dir(path) and (path / "pytorch_model.bin").is_file():
+        raise FeatgraphError(
+            f"directory '{path}' holds only pickled weights (pytorch_model.bin), which featgraph never unpickles; "
+            "re-save the model with save_pretrained(..., safe_serialization=True) to get model.safetensors"
+        )
     if not is_hf_checkpoint_dir(path):
         raise FeatgraphError(
             f"directory '{path}' has config.json but no weights ({', '.join(WEIGHT_FILES)}); "
@@ -182,7 +185,7 @@ def _load_hf_model(path: Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError) as err:
         raise FeatgraphError(
             f"cannot load the HuggingFace checkpoint in '{path}' ({_first_line(err)}); "

@@ -207,3 +207,10 @@ def test_directory_without_weights(tmp_path, checkpoint):
     (tmp_path / "config.json").write_text((checkpoint[0] / "config.json").read_text())
     with pytest.raises(FeatgraphError, match="no weights"):
         load_model(str(tmp_path))
+
+
+def test_pickled_weights_are_refused(tmp_path, checkpoint):
+    (tmp_path / "config.json").write_text((checkpoint[0] / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not unpickled")
+    with pytest.raises(FeatgraphError, match="never unpickles"):
+        load_model(str(tmp_path))
