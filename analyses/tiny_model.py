@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from crosscoder.determinism import deterministic_algorithms
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_dir
 
@@ -34,6 +35,8 @@ __all__ = ["EmbeddedConfig", "EmbeddedModel", "load_embedded", "cache_root", "TI
 log = logging.getLogger(__name__)
 
 BOS, EOS = "<|bos|>", "<|endoftext|>"
+TRAINER_VERSION = 2
+"""Bumped whenever training numerics change (2: deterministic kernels), so stale caches are not reused."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class EmbeddedConfig:
             raise FeatgraphError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
     def key(self) -> str:
-        blob = json.dumps({"cfg": dataclasses.asdict(self), "corpus": CORPUS_VERSION}, sort_keys=True)
+        blob = json.dumps({"cfg": dataclasses.asdict(self), "corpus": CORPUS_VERSION, "trainer": TRAINER_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -209,7 +212,8 @@ def _build(cfg: EmbeddedConfig, folder: Path, progress: bool) -> None:
     train_NT, val_NT = pack_rows(stories[:-n_val], tok, cfg.n_ctx), pack_rows(stories[-n_val:], tok, cfg.n_ctx)
     cfg_dict = model_config(cfg, tok.get_vocab_size())
     model = build_model(cfg_dict)
-    losses = train_lm(model, train_NT, cfg, progress)
+    with deterministic_algorithms():
+        losses = train_lm(model, train_NT, cfg, progress)
     report = {
         "config": dataclasses.asdict(cfg), "corpus_version": CORPUS_VERSION,
         "n_train_tokens": int(train_NT.numel()), "n_val_tokens": int(val_NT.numel()),

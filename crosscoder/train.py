@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .crosscoder import Crosscoder
+from .determinism import deterministic_algorithms
 from .errors import FeatgraphError
 
 __all__ = ["train_crosscoder", "TrainResult"]
@@ -37,6 +38,11 @@ def train_crosscoder(
     λ ramps from 0 over the first ``l1_warmup_frac`` of the steps; the learning rate warms up and decays
     linearly as :class:`TrainConfig` says; gradients are clipped to ``grad_clip``.
     """
+    with deterministic_algorithms():
+        return _train_loop(cc, next_batch, cfg, progress)
+
+
+def _train_loop(cc: Crosscoder, next_batch: Callable[[], torch.Tensor], cfg: TrainConfig, progress: bool) -> TrainResult:
     opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=cfg.betas)
     history: list[dict[str, float]] = []
     bar = tqdm(range(cfg.steps), desc="crosscoder", disable=not progress, leave=False)

@@ -56,6 +56,8 @@ def _tooltip(node: dict) -> str:
     lines = [f"{node['id']}  community {node.get('community', '?')}", f"frequency {node.get('frequency', 0):.2e}"]
     if "peak_hookpoint" in node:
         lines.append(f"peak {node['peak_hookpoint']}")
+    if node.get("layer_profile"):
+        lines.append("layer profile " + " ".join(f"{v:.2f}" for v in node["layer_profile"]))
     for c in node.get("top_contexts", [])[:2]:
         lines.append(f"…{c['left']}[{c['token']}]{c['right']}")
     return "\n".join(lines)
