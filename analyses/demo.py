@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from crosscoder.apply import check_compatible, feature_activations
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
+from crosscoder.build import build_crosscoder
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
-from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm_scales, harvest
+from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm_scales
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
 from crosscoder.train import train_crosscoder
@@ -108,6 +109,7 @@ class DemoSummary:
     fvu_per_hookpoint: list[float]
     l0: float
     dead_fraction: float
+    ce_loss_recovered: list[float]
     n_nodes: int
     n_edges: int
     n_communities: int
@@ -121,6 +123,7 @@ class DemoSummary:
             f"model          {self.model}: val loss {loss}",
             f"crosscoder     FVU pooled {self.fvu_pooled:.3f} (per hookpoint {', '.join(f'{v:.3f}' for v in self.fvu_per_hookpoint)}), "
             f"L0 {self.l0:.1f}, dead {100 * self.dead_fraction:.1f} %",
+            f"splice-in      CE loss recovered {', '.join(f'{v:.3f}' for v in self.ce_loss_recovered)} (per hookpoint)",
             f"graph          {self.n_nodes} nodes, {self.n_edges} edges, {self.n_communities} communities, modularity {self.modularity:.3f}",
             f"time           {self.seconds:.0f} s",
             *[f"wrote          {name:<11} {p}" for name, p in self.paths.items()],
@@ -150,7 +153,7 @@ def _prepare_model(cfg: DemoConfig, size: DemoSize):
 def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscoder:
     torch.manual_seed(cfg.seed)
     scales = estimate_norm_scales(model, rows[: max(8, size.graph_rows // 4)], hookpoints)
-    cc = Crosscoder(CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=cfg.model, seed=cfg.seed)).to(cfg.device)
+    cc = build_crosscoder(CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=cfg.model, seed=cfg.seed)).to(cfg.device)
     cc.norm_scale_L.copy_(scales)
     buf = ActivationBuffer(model, rows, hookpoints, scales, size.cc_batch, n_buffer_tokens=16 * size.cc_batch, seed=cfg.seed, device=cfg.device)
     tcfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=size.cc_lr, seed=cfg.seed)
@@ -166,7 +169,7 @@ def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_
         stats.update(chunk.f_nF, chunk.token_index_n)
     graph = coactivation_graph(stats, top_k=cfg.top_k, min_cocount=size.min_cocount)
     graph.require_edges()
-    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.hookpoints)
+    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.writes)
     vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
     add_top_contexts(graph, stats, rows_NT.numpy(), (lambda t: vocab[t]) if vocab else str)
     comm = leiden(graph, seed=cfg.seed)
@@ -185,12 +188,12 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     if cfg.crosscoder is not None:
         cc = load_crosscoder(cfg.crosscoder, device=cfg.device)
         check_compatible(cc, model, where=f"crosscoder {cfg.crosscoder}")
-        hookpoints = cc.cfg.hookpoints
+        hookpoints = cc.cfg.all_hookpoints
     else:
         cc = _train(cfg, size, model, train_rows, hookpoints)
     cc.eval()
     eval_rows = val_rows[: size.eval_rows]
-    metrics = evaluate(cc, harvest(model, eval_rows, hookpoints, device=cfg.device))
+    metrics = evaluate(cc, model, eval_rows)
 
     graph, comm = _feature_graph(cfg, size, cc, model, torch.cat([val_rows, train_rows])[: size.graph_rows])
 
@@ -206,7 +209,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         model_val_loss=report["val_loss"] if report else None,
         unigram_val_loss=report["unigram_val_loss"] if report else None,
         fvu_pooled=metrics.fvu_pooled, fvu_per_hookpoint=metrics.fvu_per_hookpoint, l0=metrics.l0,
-        dead_fraction=metrics.dead_fraction, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
+        dead_fraction=metrics.dead_fraction, ce_loss_recovered=metrics.ce_loss_recovered, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
         n_communities=comm.n_communities, modularity=comm.modularity, seconds=time.perf_counter() - t0, paths=paths,
     )
     paths["summary"] = str(cfg.out / "summary.json")

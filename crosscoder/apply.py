@@ -26,7 +26,7 @@ def check_compatible(cc: Crosscoder, model: HookedTransformer, where: str = "the
             f"{where} was trained on d_model={cc.cfg.d_model} (model {cc.cfg.model_name or '?'}) but this model has "
             f"d_model={model.cfg.d_model}; use the model it was trained on or train a new crosscoder"
         )
-    check_hookpoints(model, cc.cfg.hookpoints)
+    check_hookpoints(model, cc.cfg.all_hookpoints)
 
 
 @torch.no_grad()
@@ -37,7 +37,7 @@ def feature_activations(
     check_compatible(cc, model)
     T = tokens_NT.shape[1]
     positions_T = torch.arange(1, T)
-    for b, acts_BLD in enumerate(harvest(model, tokens_NT, cc.cfg.hookpoints, batch_size, device=cc.device)):
+    for b, acts_BLD in enumerate(harvest(model, tokens_NT, cc.cfg.all_hookpoints, batch_size, device=cc.device)):
         rows = torch.arange(b * batch_size, min((b + 1) * batch_size, tokens_NT.shape[0]))
         index_n = (rows[:, None] * T + positions_T[None, :]).reshape(-1)
         yield FeatureChunk(cc.encode(acts_BLD), index_n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .errors import FeatgraphError
 
@@ -26,7 +26,7 @@ class CrosscoderConfig:
     """Shape and sparsity penalty of an acausal crosscoder (Anthropic, "Sparse Crosscoders", 2024)."""
 
     hookpoints: list[str]
-    """Hookpoints it reads and writes, in order; one hookpoint makes it a per-layer SAE."""
+    """Hookpoints it reads (and writes, unless ``out_hookpoints`` is set), in order; one makes it a per-layer SAE."""
     d_model: int
     """Width of every hookpoint's activation vector."""
     n_features: int
@@ -37,11 +37,49 @@ class CrosscoderConfig:
     """Provenance: the model whose activations it was trained on (checked when it is applied)."""
     seed: int = 0
     """Seed of the weight initialisation."""
+    out_hookpoints: list[str] | None = None
+    """Hookpoints it writes, when they differ from those it reads: e.g. read ``blocks.3.ln2.hook_normalized``,
+    write ``blocks.3.hook_mlp_out`` for a transcoder. None: write what it reads."""
+    architecture: Literal["relu", "batchtopk", "jumprelu"] = "relu"
+    """relu: L1-of-norms penalty; batchtopk: top k·B across the batch + AuxK; jumprelu: Anthropic Jan-2025 loss."""
+    sparsity_norm: Literal["l1_of_norms", "l2_of_norms"] = "l1_of_norms"
+    """ReLU penalty weight per feature: Σ_l ‖W_dec,i^l‖ (favours layer-specific features) or the norm of the
+    concatenated decoder vector (the concatenated-SAE normalisation, which spreads features across layers)."""
+    k: int = 32
+    """BatchTopK: mean active features per token (k·B kept per batch)."""
+    aux_k: int = 256
+    """BatchTopK: dead latents used to model the residual in the AuxK loss."""
+    aux_alpha: float = 1 / 32
+    """BatchTopK: weight of the AuxK loss."""
+    dead_after_tokens: int = 100_000
+    """A latent that has not fired for this many training tokens counts as dead (AuxK, dead fraction)."""
+    threshold_ema: float = 0.99
+    """BatchTopK: EMA decay of the learned inference threshold."""
+    jumprelu_bandwidth: float = 2.0
+    """JumpReLU: width ε of the rectangle kernel of the straight-through threshold gradient."""
+    jumprelu_init_threshold: float = 0.1
+    """JumpReLU: initial threshold t_i (learned as log t_i)."""
+    jumprelu_c: float = 4.0
+    """JumpReLU: c in the tanh(c · f_i ‖W_dec,i‖) sparsity penalty."""
+    jumprelu_preact_coeff: float = 3e-6
+    """JumpReLU: λ_p of the pre-activation penalty Σ_i ReLU(t_i − pre_i) ‖W_dec,i‖ (revives dead latents)."""
 
     def __post_init__(self) -> None:
+        if self.architecture not in ("relu", "batchtopk", "jumprelu"):
+            raise FeatgraphError(f"unknown architecture {self.architecture!r}; choose relu, batchtopk or jumprelu")
+        if self.sparsity_norm not in ("l1_of_norms", "l2_of_norms"):
+            raise FeatgraphError(f"unknown sparsity_norm {self.sparsity_norm!r}; choose l1_of_norms or l2_of_norms")
+        if self.architecture == "batchtopk" and (not 0 < self.k <= self.n_features or self.aux_k <= 0):
+            raise FeatgraphError(f"k must lie in 1..n_features and aux_k must be positive, got k={self.k}, aux_k={self.aux_k}")
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
+            raise FeatgraphError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
         self.hookpoints = list(self.hookpoints)
         if not self.hookpoints:
             raise FeatgraphError("crosscoder config has no hookpoints: give at least one, e.g. blocks.0.hook_resid_post")
+        if self.out_hookpoints is not None:
+            self.out_hookpoints = list(self.out_hookpoints)
+            if not self.out_hookpoints or len(set(self.out_hookpoints)) != len(self.out_hookpoints):
+                raise FeatgraphError(f"out_hookpoints must be a non-empty list without repeats, got {self.out_hookpoints}")
         if len(set(self.hookpoints)) != len(self.hookpoints):
             raise FeatgraphError(f"crosscoder hookpoints repeat: {self.hookpoints}; list each hookpoint once")
         if self.d_model <= 0 or self.n_features <= 0:
@@ -52,6 +90,16 @@ class CrosscoderConfig:
     @property
     def n_hookpoints(self) -> int:
         return len(self.hookpoints)
+
+    @property
+    def writes(self) -> list[str]:
+        """Hookpoints the decoder writes."""
+        return list(self.out_hookpoints) if self.out_hookpoints else list(self.hookpoints)
+
+    @property
+    def all_hookpoints(self) -> list[str]:
+        """Everything harvested for it: what it reads, then what it writes and does not read."""
+        return self.hookpoints + [h for h in self.writes if h not in self.hookpoints]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,14 +1,14 @@
-"""The acausal crosscoder with ReLU and the L1-of-decoder-norms penalty.
+"""The crosscoder contract: shared weights, normalisation and decoder; each architecture adds its encoder and loss.
 
-Reads L hookpoints at once, writes all L back (Anthropic, "Sparse Crosscoders", 2024):
+An acausal crosscoder reads L hookpoints at once and writes all L back (Anthropic, "Sparse Crosscoders", 2024):
 
-    f = ReLU(Σ_l W_enc^l a^l + b_enc)                  f ∈ R^F
-    â^l = W_dec^l f + b_dec^l
-    loss = Σ_l ‖a^l − â^l‖² + λ Σ_i f_i Σ_l ‖W_dec,i^l‖
+    pre = Σ_l W_enc^l a^l + b_enc        f = σ(pre) ∈ R^F        â^l = W_dec^l f + b_dec^l
 
-Activations are normalised per hookpoint (scale s_l such that mean ‖s_l a^l‖ = √d_model) before encoding;
-the scales are stored with the weights, so ``encode``/``decode`` on raw activations just work. A per-layer
-SAE is the same code with one hookpoint.
+σ and the loss are the architecture's (:mod:`crosscoder.relu`, :mod:`crosscoder.batchtopk`,
+:mod:`crosscoder.jumprelu`). Activations are normalised per hookpoint (scale s_l such that mean ‖s_l a^l‖ =
+√d_model) before encoding; the scales are stored with the weights, so ``encode``/``decode`` on raw activations just
+work. A per-layer SAE is one hookpoint; a transcoder is the same code reading one hookpoint and trained to write
+another.
 """
 
 from __future__ import annotations
@@ -26,46 +26,69 @@ __all__ = ["Crosscoder", "LossOutput"]
 class LossOutput(NamedTuple):
     loss: torch.Tensor          # () total
     mse: torch.Tensor           # () Σ_l ‖a^l − â^l‖², mean over the batch
-    sparsity: torch.Tensor      # () Σ_i f_i Σ_l ‖W_dec,i^l‖, mean over the batch
+    sparsity: torch.Tensor      # () the architecture's sparsity (or auxiliary) term, mean over the batch
     l0: torch.Tensor            # () mean number of active features per token
     f_BF: torch.Tensor          # (B, F) feature activations
 
 
 class Crosscoder(nn.Module):
-    """Acausal crosscoder over ``cfg.hookpoints``; weights named by their dimensions (L hookpoints, D, F)."""
+    """Base of every architecture; weights named by their dimensions (L hookpoints, D, F)."""
 
     def __init__(self, cfg: CrosscoderConfig):
         super().__init__()
         self.cfg = cfg
-        L, D, F = cfg.n_hookpoints, cfg.d_model, cfg.n_features
+        D, F = cfg.d_model, cfg.n_features
+        everything, writes = cfg.all_hookpoints, cfg.writes
+        L_in, L_out = len(cfg.hookpoints), len(writes)
         gen = torch.Generator().manual_seed(cfg.seed)
-        W_dec_FLD = torch.randn(F, L, D, generator=gen)
+        W_dec_FLD = torch.randn(F, L_out, D, generator=gen)
         W_dec_FLD = W_dec_FLD / W_dec_FLD.norm(dim=-1, keepdim=True) * cfg.dec_init_norm
         self.W_dec_FLD = nn.Parameter(W_dec_FLD)
-        self.W_enc_LDF = nn.Parameter(W_dec_FLD.permute(1, 2, 0).clone())
+        if writes == cfg.hookpoints:  # crosscoder / SAE: the encoder starts as the decoder's transpose
+            W_enc_LDF = W_dec_FLD.permute(1, 2, 0).clone()
+        else:  # transcoder: same norms, independent directions
+            W_enc_LDF = torch.randn(L_in, D, F, generator=gen)
+            W_enc_LDF = W_enc_LDF / W_enc_LDF.norm(dim=1, keepdim=True) * cfg.dec_init_norm
+        self.W_enc_LDF = nn.Parameter(W_enc_LDF)
         self.b_enc_F = nn.Parameter(torch.zeros(F))
-        self.b_dec_LD = nn.Parameter(torch.zeros(L, D))
-        # Per-hookpoint input scale s_l (raw → normalised); 1 until set from data.
-        self.register_buffer("norm_scale_L", torch.ones(L))
+        self.b_dec_LD = nn.Parameter(torch.zeros(L_out, D))
+        # Per-hookpoint scale s_l (raw → normalised) over cfg.all_hookpoints; 1 until set from data.
+        self.register_buffer("norm_scale_L", torch.ones(len(everything)))
+        # Where the read and written hookpoints sit in cfg.all_hookpoints (derived from cfg, not saved).
+        self.register_buffer("in_idx", torch.arange(L_in), persistent=False)
+        self.register_buffer("out_idx", torch.tensor([everything.index(h) for h in writes]), persistent=False)
+        self.same_io = writes == cfg.hookpoints
+        # Training tokens since each latent last fired (dead-latent tracking).
+        self.register_buffer("tokens_since_fired_F", torch.zeros(F, dtype=torch.long))
 
     @property
     def device(self) -> torch.device:
         return self.W_dec_FLD.device
 
     # ---- normalisation -------------------------------------------------------------------------
+    # Activations x_BLD come at cfg.all_hookpoints (for a crosscoder or SAE: just cfg.hookpoints).
     def normalise(self, x_BLD: torch.Tensor) -> torch.Tensor:
         return x_BLD * self.norm_scale_L[:, None].to(x_BLD.dtype)
 
-    def denormalise(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        return x_BLD / self.norm_scale_L[:, None].to(x_BLD.dtype)
+    def denormalise(self, x_hat_BLD: torch.Tensor) -> torch.Tensor:
+        """Reconstruction at the written hookpoints back to raw scale."""
+        return x_hat_BLD / self.norm_scale_L[self.out_idx][:, None].to(x_hat_BLD.dtype)
+
+    def targets(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        """The activations the decoder should reproduce: those at the written hookpoints, (B, L_out, D)."""
+        return x_BLD if self.same_io else x_BLD[:, self.out_idx]
 
     # ---- the model -----------------------------------------------------------------------------
-    def encode(self, x_BLD: torch.Tensor, normalised: bool = False) -> torch.Tensor:
-        """Feature activations (B, F) of activations (B, L, D); raw unless ``normalised``."""
+    def pre_activations(self, x_BLD: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        """Σ_l W_enc^l a^l + b_enc over the read hookpoints, (B, F)."""
         if not normalised:
             x_BLD = self.normalise(x_BLD)
-        pre_BF = torch.einsum("bld,ldf->bf", x_BLD, self.W_enc_LDF) + self.b_enc_F
-        return torch.relu(pre_BF)
+        x_in_BLD = x_BLD if self.same_io else x_BLD[:, self.in_idx]
+        return torch.einsum("bld,ldf->bf", x_in_BLD, self.W_enc_LDF) + self.b_enc_F
+
+    def encode(self, x_BLD: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        """Feature activations (B, F) of activations (B, L, D); raw unless ``normalised``."""
+        raise NotImplementedError
 
     def decode(self, f_BF: torch.Tensor, normalised: bool = False) -> torch.Tensor:
         """Reconstruction (B, L, D) of feature activations (B, F); raw unless ``normalised``."""
@@ -73,17 +96,28 @@ class Crosscoder(nn.Module):
         return x_hat_BLD if normalised else self.denormalise(x_hat_BLD)
 
     def forward(self, x_BLD: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        """Reconstruction at the written hookpoints, (B, L_out, D)."""
         return self.decode(self.encode(x_BLD, normalised), normalised)
 
     def decoder_norms(self) -> torch.Tensor:
-        """‖W_dec,i^l‖ as (F, L): each feature's layer profile."""
+        """‖W_dec,i^l‖ as (F, L_out): each feature's layer profile."""
         return self.W_dec_FLD.norm(dim=-1)
 
-    def loss(self, x_BLD: torch.Tensor, l1_coeff: float) -> LossOutput:
-        """Training loss on *normalised* activations (B, L, D)."""
-        f_BF = self.encode(x_BLD, normalised=True)
-        x_hat_BLD = self.decode(f_BF, normalised=True)
-        mse = (x_hat_BLD - x_BLD).pow(2).sum(dim=(1, 2)).mean()
-        sparsity = (f_BF * self.decoder_norms().sum(dim=1)).sum(dim=1).mean()
-        l0 = (f_BF > 0).float().sum(dim=1).mean()
-        return LossOutput(mse + l1_coeff * sparsity, mse, sparsity, l0, f_BF)
+    def loss(self, x_BLD: torch.Tensor, sparsity_coeff: float) -> LossOutput:
+        """Training loss on *normalised* activations (B, L, D) at the scheduled sparsity coefficient λ."""
+        raise NotImplementedError
+
+    def mse(self, x_BLD: torch.Tensor, x_hat_BLD: torch.Tensor) -> torch.Tensor:
+        """Σ_l ‖a^l − â^l‖² over the written hookpoints, mean over the batch."""
+        return (x_hat_BLD - self.targets(x_BLD)).pow(2).sum(dim=(1, 2)).mean()
+
+    @torch.no_grad()
+    def update_dead(self, f_BF: torch.Tensor) -> None:
+        """Advance the tokens-since-fired counters by a training batch."""
+        fired_F = (f_BF > 0).any(dim=0)
+        self.tokens_since_fired_F += f_BF.shape[0]
+        self.tokens_since_fired_F[fired_F] = 0
+
+    def dead_mask(self) -> torch.Tensor:
+        """(F,) latents silent for more than ``cfg.dead_after_tokens`` training tokens."""
+        return self.tokens_since_fired_F > self.cfg.dead_after_tokens

@@ -162,6 +162,21 @@ class ActivationBuffer:
         perm = torch.randperm(self.n_buffer, generator=self.gen).to(self.device)
         self.pool_BLD = self.pool_BLD[perm]
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue the stream exactly (for checkpoints)."""
+        return {
+            "pool_BLD": self.pool_BLD, "pointer": self.pointer, "row_order": self.row_order,
+            "next_row": self.next_row, "generator": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["pool_BLD"].shape) != tuple(self.pool_BLD.shape):
+            raise FeatgraphError(f"buffer state of shape {tuple(state['pool_BLD'].shape)} does not fit this buffer {tuple(self.pool_BLD.shape)}; resume with the same buffer size and hookpoints")
+        self.pool_BLD = state["pool_BLD"].to(self.device)
+        self.pointer, self.next_row = int(state["pointer"]), int(state["next_row"])
+        self.row_order = state["row_order"].clone()
+        self.gen.set_state(state["generator"])
+
     def next_batch(self) -> torch.Tensor:
         """A batch (batch_size, L, D) of normalised activations."""
         if self.pointer + self.batch_size > self.n_buffer // 2:

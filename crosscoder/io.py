@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CrosscoderConfig
+from .build import build_crosscoder
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 
@@ -83,11 +84,11 @@ def save_crosscoder(cc: Crosscoder, folder: str | os.PathLike, extra: dict[str, 
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "architecture": "relu",
+        "architecture": cc.cfg.architecture,
         "config": cc.cfg.to_dict(),
         "extra": extra or {},
     }
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in cc.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in cc.state_dict().items()}
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(meta, indent=2))
@@ -113,7 +114,7 @@ def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu
     """Load a crosscoder saved by :func:`save_crosscoder`, checking that weights match the config."""
     folder = Path(folder)
     meta = read_crosscoder_meta(folder)
-    cc = Crosscoder(CrosscoderConfig.from_dict(meta["config"]))
+    cc = build_crosscoder(CrosscoderConfig.from_dict(meta["config"]))
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FeatgraphError(f"{weights_path} is missing; the crosscoder folder is incomplete — re-save it")

@@ -1,14 +1,23 @@
-"""Train a crosscoder: a flat loop that reads top to bottom (schedule → step → log)."""
+"""Train a crosscoder: a flat loop that reads top to bottom (schedule → batch → loss → step → log → checkpoint).
+
+The data source is anything with ``next_batch() -> (B, L, D)`` normalised activations, or a bare callable;
+a source that also has ``state_dict``/``load_state_dict`` (such as :class:`~crosscoder.harvest.ActivationBuffer`)
+is checkpointed with the weights and the optimiser, so a killed run resumes bit-identically on the CPU. On CUDA the
+forward and backward run under bf16 autocast while the weights and Adam's state stay fp32.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Callable, NamedTuple
+import os
+from typing import Any, Callable, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .crosscoder import Crosscoder
 from .determinism import deterministic_algorithms
@@ -25,45 +34,86 @@ class TrainResult(NamedTuple):
     final_mse: float
     final_l0: float
     history: list[dict[str, float]]  # one record per log_every steps
+    resumed_from: int  # step the run resumed at (0: fresh)
+
+
+def _next_batch_fn(source: Any) -> Callable[[], torch.Tensor]:
+    return source.next_batch if hasattr(source, "next_batch") else source
 
 
 def train_crosscoder(
     cc: Crosscoder,
-    next_batch: Callable[[], torch.Tensor],
+    source: Any,
     cfg: TrainConfig,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train ``cc`` in place with Adam on batches of *normalised* activations (B, L, D) from ``next_batch``.
+    """Train ``cc`` in place with Adam on batches of *normalised* activations (B, L, D) from ``source``.
 
     λ ramps from 0 over the first ``l1_warmup_frac`` of the steps; the learning rate warms up and decays
-    linearly as :class:`TrainConfig` says; gradients are clipped to ``grad_clip``.
+    linearly as :class:`TrainConfig` says; gradients are clipped to ``grad_clip``. With ``checkpoint_dir`` and
+    ``checkpoint_every`` > 0 a checkpoint is written every that many steps (and at the end); with ``resume`` the
+    run continues from the newest checkpoint there, if any. ``on_step(step)`` runs after each step.
     """
     with deterministic_algorithms():
-        return _train_loop(cc, next_batch, cfg, progress)
+        return _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, resume, on_step)
 
 
-def _train_loop(cc: Crosscoder, next_batch: Callable[[], torch.Tensor], cfg: TrainConfig, progress: bool) -> TrainResult:
+def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, resume, on_step) -> TrainResult:
+    next_batch = _next_batch_fn(source)
     opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=cfg.betas)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.steps), desc="crosscoder", disable=not progress, leave=False)
+    start = 0
+    if resume and checkpoint_dir is not None and (path := latest_checkpoint(checkpoint_dir)) is not None:
+        start, history = _restore(path, cc, opt, source)
+        log.info("resumed from %s at step %d", path, start)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cc.device.type == "cuda" else contextlib.nullcontext()
+    )
+    cc.train()
     out = None
+    bar = tqdm(range(start, cfg.steps), desc="crosscoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
     for step in bar:
         lr, l1 = cfg.lr_at(step), cfg.l1_at(step)
         for group in opt.param_groups:
             group["lr"] = lr
         x_BLD = next_batch()
-        out = cc.loss(x_BLD, l1)
+        with autocast:
+            out = cc.loss(x_BLD, l1)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(cc.parameters(), cfg.grad_clip)
         opt.step()
+        cc.update_dead(out.f_BF)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rec = {"step": step, "loss": out.loss.item(), "mse": out.mse.item(), "l0": out.l0.item(), "lr": lr, "l1_coeff": l1}
             if not math.isfinite(rec["loss"]):
                 raise FeatgraphError(f"crosscoder training diverged at step {step} (loss {rec['loss']}); lower lr (now {cfg.lr}) or check activations for NaN")
             history.append(rec)
             bar.set_postfix(mse=f"{rec['mse']:.2f}", l0=f"{rec['l0']:.1f}")
-            log.debug("step %d loss %.4f mse %.4f l0 %.1f", step, rec["loss"], rec["mse"], rec["l0"])
-    assert out is not None
-    return TrainResult(cfg.steps, out.loss.item(), out.mse.item(), out.l0.item(), history)
+        done = step + 1
+        if checkpoint_dir is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == cfg.steps):
+            data_state = source.state_dict() if hasattr(source, "state_dict") else None
+            save_checkpoint(checkpoint_dir, done, cc, opt, data_state, {"history": history})
+        if on_step is not None:
+            on_step(step)
+    cc.eval()
+    last = history[-1] if history else {"loss": float("nan"), "mse": float("nan"), "l0": float("nan")}
+    return TrainResult(cfg.steps, last["loss"], last["mse"], last["l0"], history, start)
+
+
+def _restore(path, cc: Crosscoder, opt: torch.optim.Optimizer, source: Any) -> tuple[int, list]:
+    ckpt = load_checkpoint(path, device=cc.device)
+    if ckpt.cc.cfg != cc.cfg:
+        raise FeatgraphError(f"checkpoint {path} is of another crosscoder config; resume with the config it was trained with")
+    cc.load_state_dict(ckpt.cc.state_dict())
+    opt.load_state_dict(ckpt.optimizer)
+    if ckpt.data is not None:
+        if not hasattr(source, "load_state_dict"):
+            raise FeatgraphError(f"checkpoint {path} holds a data-stream state but this data source cannot restore it")
+        source.load_state_dict(ckpt.data)
+    return int(ckpt.trainer["step"]), list(ckpt.trainer["history"])

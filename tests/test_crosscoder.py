@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from crosscoder.config import CrosscoderConfig, TrainConfig
-from crosscoder.crosscoder import Crosscoder
+from crosscoder.build import ARCHITECTURES, build_crosscoder
+from crosscoder.relu import ReLUCrosscoder
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import load_crosscoder, save_crosscoder
-from crosscoder.metrics import evaluate
+from crosscoder.metrics import reconstruction_metrics
 from crosscoder.train import train_crosscoder
 
 
 def make(L=3, D=8, F=16, seed=0):
-    return Crosscoder(CrosscoderConfig([f"blocks.{i}.hook_resid_post" for i in range(L)], D, F, seed=seed))
+    return ReLUCrosscoder(CrosscoderConfig([f"blocks.{i}.hook_resid_post" for i in range(L)], D, F, seed=seed))
 
 
 def test_shapes():
@@ -31,7 +32,7 @@ def test_shapes():
 
 def test_loss_hand_computed():
     """L=2, D=2, F=2 with weights chosen so every term can be done by hand."""
-    cc = Crosscoder(CrosscoderConfig(["a", "b"], d_model=2, n_features=2))
+    cc = ReLUCrosscoder(CrosscoderConfig(["a", "b"], d_model=2, n_features=2))
     with torch.no_grad():
         cc.W_enc_LDF.zero_()
         cc.W_enc_LDF[0, 0, 0] = 1.0   # feature 0 reads a[0]
@@ -45,7 +46,7 @@ def test_loss_hand_computed():
     # f0 = relu(1) = 1; f1 = relu(2 - 1) = 1
     # â_a = (3, 4), â_b = (0, 2) → ‖a − â_a‖² = 4 + 16 = 20, ‖b − â_b‖² = 1 → mse 21
     # sparsity = f0·(5 + 0) + f1·(0 + 2) = 7 → loss at λ = 0.5: 21 + 3.5
-    out = cc.loss(x, l1_coeff=0.5)
+    out = cc.loss(x, sparsity_coeff=0.5)
     assert out.f_BF.tolist() == [[1.0, 1.0]]
     assert out.mse.item() == pytest.approx(21.0)
     assert out.sparsity.item() == pytest.approx(7.0)
@@ -110,7 +111,7 @@ def test_fvu_against_numpy():
     cc = make()
     cc.norm_scale_L.copy_(torch.tensor([1.0, 2.0, 0.5]))
     batches = [torch.randn(50, 3, 8) * torch.tensor([1.0, 3.0, 0.2])[:, None] + 1.0 for _ in range(3)]
-    m = evaluate(cc, batches)
+    m = reconstruction_metrics(cc, batches)
     x = np.concatenate([cc.normalise(b).numpy() for b in batches]).astype(np.float64)
     with torch.no_grad():
         xh = np.concatenate([cc.decode(cc.encode(b), normalised=True).numpy() for b in batches]).astype(np.float64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crosscoder.config import CrosscoderConfig, default_hookpoints
-from crosscoder.crosscoder import Crosscoder
+from crosscoder.relu import ReLUCrosscoder
 from crosscoder.io import save_crosscoder
 from featgraph.cli import main
 from featgraph.export import read_json
@@ -81,7 +81,7 @@ def test_model_not_found_offline(tmp_path, capsys, monkeypatch):
 
 
 def test_crosscoder_from_another_model(tmp_path, capsys):
-    other = Crosscoder(CrosscoderConfig(default_hookpoints(2), d_model=48, n_features=8, model_name="other"))
+    other = ReLUCrosscoder(CrosscoderConfig(default_hookpoints(2), d_model=48, n_features=8, model_name="other"))
     save_crosscoder(other, tmp_path / "cc")
     out = tmp_path / "o"
     assert main(["demo", "--size", "tiny", "--out", str(out), "--quiet", "--crosscoder", str(tmp_path / "cc")]) == 2
