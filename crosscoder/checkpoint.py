@@ -1,10 +1,11 @@
 """Training checkpoints that resume bit-identically, with nothing pickled.
 
 A checkpoint folder ``<dir>/step-000123/`` holds the crosscoder (cfg.json + safetensors), the optimiser's tensors
-(``optimizer.safetensors``) and scalars, the data source's state (``data.safetensors`` + JSON: e.g. the shuffled
-buffer's pool, pointer and generator state) and the trainer's step and history (``trainer.json``). Each is
-written to a temporary folder and renamed; ``<dir>/latest`` (a one-line text file, itself replaced atomically)
-names the newest complete one, so a run killed at any instant resumes from a whole checkpoint.
+(``optimizer.safetensors``) and scalars, each rank's data-source state (``data-rank0.safetensors`` + JSON: e.g. the
+shuffled buffer's pool, pointer and generator state) and the trainer's step and history (``trainer.json``). It is
+written to a hidden temporary folder and renamed; ``<dir>/latest`` (a one-line text file, itself replaced
+atomically) names the newest complete one, so a run killed at any instant resumes from a whole checkpoint. Under
+torch.distributed every rank writes its own data state and rank 0 the rest, with barriers between.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
-from .io import atomic_dir, atomic_file, load_crosscoder, save_crosscoder
+from .io import atomic_file, load_crosscoder, save_crosscoder
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint"]
 
@@ -73,23 +74,48 @@ class Checkpoint:
         self.cc, self.optimizer, self.data, self.trainer, self.path = cc, optimizer, data, trainer, path
 
 
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def save_checkpoint(
     root: str | os.PathLike, step: int, cc: Crosscoder, optimizer: torch.optim.Optimizer, data_state: dict | None,
     trainer_state: dict, keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` under ``root``, point ``latest`` at it, keep the newest ``keep``."""
     root = Path(root)
-    target = root / f"step-{step:09d}"
-    with atomic_dir(target) as tmp:
+    rank, world = _rank_world()
+    target, tmp = root / f"step-{step:09d}", root / f".step-{step:09d}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    if data_state is not None:
+        _save_state(data_state, tmp, f"data-rank{rank}")
+    if rank == 0:
         save_crosscoder(cc, tmp / "crosscoder")
         _save_state(optimizer.state_dict(), tmp, "optimizer")
-        if data_state is not None:
-            _save_state(data_state, tmp, "data")
-        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step}))
-    with atomic_file(root / "latest") as tmp:
-        tmp.write_text(target.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "world_size": world}))
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        with atomic_file(root / "latest") as pointer:
+            pointer.write_text(target.name + "\n")
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return target
 
 
@@ -106,6 +132,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not (path / "trainer.json").is_file():
         raise FeatgraphError(f"{path} is not a training checkpoint (no trainer.json); pass a step-* folder or its parent")
+    trainer = json.loads((path / "trainer.json").read_text())
+    rank, world = _rank_world()
+    if trainer.get("world_size", 1) != world:
+        raise FeatgraphError(f"checkpoint {path} was written by {trainer.get('world_size', 1)} processes; resume with the same number (now {world})")
     cc = load_crosscoder(path / "crosscoder", device=device)
-    data = _load_state(path, "data") if (path / "data.safetensors").is_file() else None
-    return Checkpoint(cc, _load_state(path, "optimizer"), data, json.loads((path / "trainer.json").read_text()), path)
+    name = f"data-rank{rank}"
+    data = _load_state(path, name) if (path / f"{name}.safetensors").is_file() else None
+    return Checkpoint(cc, _load_state(path, "optimizer"), data, trainer, path)

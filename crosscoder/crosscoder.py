@@ -58,6 +58,8 @@ class Crosscoder(nn.Module):
         self.register_buffer("in_idx", torch.arange(L_in), persistent=False)
         self.register_buffer("out_idx", torch.tensor([everything.index(h) for h in writes]), persistent=False)
         self.same_io = writes == cfg.hookpoints
+        # Stages this crosscoder went through, oldest first (saved in cfg.json), e.g. S then D.
+        self.lineage: list[dict] = []
         # Training tokens since each latent last fired (dead-latent tracking).
         self.register_buffer("tokens_since_fired_F", torch.zeros(F, dtype=torch.long))
 
@@ -112,10 +114,9 @@ class Crosscoder(nn.Module):
         return (x_hat_BLD - self.targets(x_BLD)).pow(2).sum(dim=(1, 2)).mean()
 
     @torch.no_grad()
-    def update_dead(self, f_BF: torch.Tensor) -> None:
-        """Advance the tokens-since-fired counters by a training batch."""
-        fired_F = (f_BF > 0).any(dim=0)
-        self.tokens_since_fired_F += f_BF.shape[0]
+    def update_dead(self, fired_F: torch.Tensor, n_tokens: int) -> None:
+        """Advance the tokens-since-fired counters by a training batch of ``n_tokens`` in which ``fired_F`` fired."""
+        self.tokens_since_fired_F += n_tokens
         self.tokens_since_fired_F[fired_F] = 0
 
     def dead_mask(self) -> torch.Tensor:

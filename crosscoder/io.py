@@ -86,6 +86,7 @@ def save_crosscoder(cc: Crosscoder, folder: str | os.PathLike, extra: dict[str, 
         "version": FORMAT_VERSION,
         "architecture": cc.cfg.architecture,
         "config": cc.cfg.to_dict(),
+        "lineage": list(getattr(cc, "lineage", [])),
         "extra": extra or {},
     }
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in cc.state_dict().items()}
@@ -129,4 +130,5 @@ def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise FeatgraphError(f"crosscoder weights {weights_path} contain NaN or inf; the run that wrote them diverged — re-train with a lower lr")
     cc.load_state_dict(state)
+    cc.lineage = list(meta.get("lineage", []))
     return cc.to(device)

@@ -4,6 +4,12 @@ The data source is anything with ``next_batch() -> (B, L, D)`` normalised activa
 a source that also has ``state_dict``/``load_state_dict`` (such as :class:`~crosscoder.harvest.ActivationBuffer`)
 is checkpointed with the weights and the optimiser, so a killed run resumes bit-identically on the CPU. On CUDA the
 forward and backward run under bf16 autocast while the weights and Adam's state stay fp32.
+
+Data-parallel under ``torchrun``: when torch.distributed is initialised, each rank trains on its own batches (its
+share of the global batch) and the gradients are averaged with an all-reduce before every step — the DDP
+algorithm, done explicitly because the loss is a method, not ``forward``. For ReLU and JumpReLU this equals one
+process on the concatenated batch up to float rounding; BatchTopK selects its top k·B per rank (as
+dictionary_learning does), and its inference threshold is averaged across ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -23,7 +30,7 @@ from .crosscoder import Crosscoder
 from .determinism import deterministic_algorithms
 from .errors import FeatgraphError
 
-__all__ = ["train_crosscoder", "TrainResult"]
+__all__ = ["train_crosscoder", "finetune_crosscoder", "TrainResult"]
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +92,11 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
             out = cc.loss(x_BLD, l1)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        _sync_gradients(cc)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(cc.parameters(), cfg.grad_clip)
         opt.step()
-        cc.update_dead(out.f_BF)
+        _update_dead(cc, out.f_BF)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rec = {"step": step, "loss": out.loss.item(), "mse": out.mse.item(), "l0": out.l0.item(), "lr": lr, "l1_coeff": l1}
             if not math.isfinite(rec["loss"]):
@@ -106,6 +114,39 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
     return TrainResult(cfg.steps, last["loss"], last["mse"], last["l0"], history, start)
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _sync_gradients(cc: Crosscoder) -> None:
+    """Average gradients (and BatchTopK's threshold) over ranks; a no-op in one process."""
+    world = _world()
+    if world == 1:
+        return
+    grads = [p.grad for p in cc.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    if hasattr(cc, "threshold"):
+        dist.all_reduce(cc.threshold)
+        cc.threshold /= world
+
+
+@torch.no_grad()
+def _update_dead(cc: Crosscoder, f_BF: torch.Tensor) -> None:
+    fired_F = (f_BF > 0).any(dim=0)
+    n_tokens = f_BF.shape[0]
+    if _world() > 1:
+        fired = fired_F.to(torch.int32)
+        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        fired_F, n_tokens = fired.bool(), n_tokens * _world()
+    cc.update_dead(fired_F, n_tokens)
+
+
 def _restore(path, cc: Crosscoder, opt: torch.optim.Optimizer, source: Any) -> tuple[int, list]:
     ckpt = load_checkpoint(path, device=cc.device)
     if ckpt.cc.cfg != cc.cfg:
@@ -117,3 +158,24 @@ def _restore(path, cc: Crosscoder, opt: torch.optim.Optimizer, source: Any) -> t
             raise FeatgraphError(f"checkpoint {path} holds a data-stream state but this data source cannot restore it")
         source.load_state_dict(ckpt.data)
     return int(ckpt.trainer["step"]), list(ckpt.trainer["history"])
+
+
+def finetune_crosscoder(
+    parent: str | os.PathLike, source: Any, cfg: TrainConfig, stage: str, device: str | torch.device = "cpu", **kwargs: Any
+) -> tuple[Crosscoder, TrainResult]:
+    """Load the crosscoder saved at ``parent`` and train it further with its own schedule ``cfg``.
+
+    Adam starts afresh; the normalisation scales are the parent's, so features stay comparable across stages (the
+    stage-wise diff of Anthropic, Dec 2024: S, then D / M / DF / MF fine-tuned from it). The stage is appended to
+    ``cc.lineage`` (saved in cfg.json) with its parent and schedule. ``kwargs`` go to :func:`train_crosscoder`.
+    """
+    from dataclasses import asdict
+
+    from .io import load_crosscoder
+
+    cc = load_crosscoder(parent, device=device)
+    if not cc.lineage:
+        cc.lineage = [{"stage": "base", "parent": None}]
+    result = train_crosscoder(cc, source, cfg, **kwargs)
+    cc.lineage.append({"stage": stage, "parent": str(parent), "train": asdict(cfg), "steps": result.steps})
+    return cc, result

@@ -146,3 +146,43 @@ def test_training_reduces_loss_and_is_seeded():
     assert res.history[-1]["mse"] < 0.2 * res.history[0]["mse"]
     cc2, _ = run()
     assert torch.equal(cc.W_dec_FLD, cc2.W_dec_FLD)
+
+
+def test_finetune_records_lineage_and_keeps_scales(tmp_path):
+    from crosscoder.train import finetune_crosscoder
+
+    cc = make(F=24, seed=1)
+    cc.norm_scale_L.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    save_crosscoder(cc, tmp_path / "S")
+    g = torch.Generator().manual_seed(0)
+    d, res = finetune_crosscoder(tmp_path / "S", lambda: torch.randn(32, 3, 8, generator=g), TrainConfig(steps=20, batch_size=32, lr=1e-3), stage="D", progress=False)
+    assert res.steps == 20 and not torch.equal(d.W_dec_FLD, cc.W_dec_FLD)
+    assert torch.equal(d.norm_scale_L, cc.norm_scale_L)
+    assert [s["stage"] for s in d.lineage] == ["base", "D"] and d.lineage[1]["parent"] == str(tmp_path / "S")
+    save_crosscoder(d, tmp_path / "D")
+    back = load_crosscoder(tmp_path / "D")
+    assert back.lineage == json.loads(json.dumps(d.lineage))
+    df, _ = finetune_crosscoder(tmp_path / "D", lambda: torch.randn(32, 3, 8, generator=g), TrainConfig(steps=5, batch_size=32), stage="DF", progress=False)
+    assert [s["stage"] for s in df.lineage] == ["base", "D", "DF"]
+
+
+def test_transcoder_reads_one_hookpoint_and_writes_another():
+    """A transcoder is the same code: read 'in', write 'out'; it learns out = A·in when trained on that map."""
+    from crosscoder.build import build_crosscoder
+
+    cfg = CrosscoderConfig(["in"], d_model=8, n_features=32, out_hookpoints=["out"], seed=0)
+    assert cfg.all_hookpoints == ["in", "out"]
+    tc = build_crosscoder(cfg)
+    A = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+
+    def batch():
+        codes = torch.rand(128, 16, generator=g) * (torch.rand(128, 16, generator=g) < 0.2)
+        x_in = codes @ torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+        return torch.stack([x_in, torch.relu(x_in @ A)], dim=1)  # (B, 2, D): in, out
+
+    x = batch()
+    assert tc.encode(x).shape == (128, 32) and tc(x).shape == (128, 1, 8)
+    res = train_crosscoder(tc, batch, TrainConfig(steps=300, batch_size=128, lr=3e-3, l1_coeff=0.01), progress=False)
+    m = reconstruction_metrics(tc, [batch() for _ in range(4)])
+    assert m.hookpoints == ["out"] and m.fvu_pooled < 0.5, (m.fvu_pooled, res.history[-1])

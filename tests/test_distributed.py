@@ -1,0 +1,71 @@
+"""Data-parallel training under torchrun (gloo, two CPU processes) equals one process on the same global batch."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, warnings
+    warnings.simplefilter("ignore")
+    import torch
+    import torch.distributed as dist
+    from crosscoder.build import build_crosscoder
+    from crosscoder.config import CrosscoderConfig, TrainConfig
+    from crosscoder.io import save_crosscoder
+    from crosscoder.train import train_crosscoder
+
+    arch, out = sys.argv[1], sys.argv[2]
+    distributed = "RANK" in os.environ
+    if distributed:
+        dist.init_process_group("gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    dirs = torch.randn(12, 2, 8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(5)
+
+    def global_batch():
+        codes = torch.rand(128, 12, generator=gen) * (torch.rand(128, 12, generator=gen) < 0.15)
+        x = torch.einsum("bf,fld->bld", codes, dirs)
+        share = 128 // world
+        return x[rank * share : (rank + 1) * share]
+
+    cc = build_crosscoder(CrosscoderConfig(["a", "b"], 8, 24, architecture=arch, seed=1))
+    train_crosscoder(cc, global_batch, TrainConfig(steps=30, batch_size=128 // world, lr=3e-3, l1_coeff=0.1), progress=False)
+    if rank == 0:
+        save_crosscoder(cc, out)
+    if distributed:
+        dist.destroy_process_group()
+    """
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_two_gloo_processes_match_one(tmp_path, arch):
+    script = tmp_path / "ddp_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), arch, str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), arch, str(tmp_path / "two")]
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "crosscoder.safetensors"))
+    b = load_file(str(tmp_path / "two" / "crosscoder.safetensors"))
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
