@@ -26,15 +26,13 @@ from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
 from crosscoder.train import train_crosscoder
-from crosscoder.model_loading import load_model
 from featgraph.coactivation import add_layer_profiles, add_top_contexts, coactivation_graph
 from featgraph.communities import leiden
 from featgraph.export import write_graphml, write_json
 from featgraph.html import write_html
 from featgraph.stats import CoactivationStats
 
-from .corpus import generate_stories
-from .tiny_model import TINY, EmbeddedConfig, load_embedded, pack_rows
+from .data import EMBEDDED_SIZES, model_and_tokens
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo", "SIZES"]
 
@@ -45,7 +43,7 @@ log = logging.getLogger(__name__)
 class DemoSize:
     """How big each stage of the demo is."""
 
-    embedded: EmbeddedConfig
+    embedded: "EmbeddedConfig"  # noqa: F821
     n_features: int
     cc_steps: int
     cc_batch: int
@@ -60,8 +58,8 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(EmbeddedConfig(), n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
-    "tiny": DemoSize(TINY, n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
+    "default": DemoSize(EMBEDDED_SIZES["default"], n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
+    "tiny": DemoSize(EMBEDDED_SIZES["tiny"], n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
 }
 
 
@@ -130,26 +128,6 @@ class DemoSummary:
         ]
 
 
-def _prepare_model(cfg: DemoConfig, size: DemoSize):
-    """(model, train rows, held-out rows, training report of the embedded model or None)."""
-    if cfg.model == "embedded":
-        emb = load_embedded(EmbeddedConfig(**{**asdict(size.embedded), "seed": cfg.seed}), progress=cfg.progress)
-        model = emb.model.to(cfg.device, print_details=False)
-        return model, emb.tokens_train_NT, emb.tokens_val_NT, emb.report
-    model = load_model(cfg.model, device=cfg.device)
-    if model.tokenizer is None:
-        raise FeatgraphError(f"model {cfg.model!r} has no tokenizer; save one beside its config.json")
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
-    n_ctx = min(128, model.cfg.n_ctx)
-    stories = generate_stories(size.embedded.n_stories // 4, seed=cfg.seed)
-    bos = model.tokenizer.bos_token or model.tokenizer.eos_token
-    rows = pack_rows(stories, tok, n_ctx, bos, model.tokenizer.eos_token or bos)
-    n_val = max(1, len(rows) // 20)
-    return model, rows[:-n_val], rows[-n_val:], None
-
-
 def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscoder:
     torch.manual_seed(cfg.seed)
     scales = estimate_norm_scales(model, rows[: max(8, size.graph_rows // 4)], hookpoints)
@@ -181,7 +159,7 @@ def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     t0 = time.perf_counter()
     size = SIZES[cfg.size]
-    model, train_rows, val_rows, report = _prepare_model(cfg, size)
+    model, train_rows, val_rows, report = model_and_tokens(cfg.model, cfg.size, cfg.seed, cfg.device, cfg.progress)
     hookpoints = cfg.hookpoints or default_hookpoints(model.cfg.n_layers)
     check_hookpoints(model, hookpoints)
 

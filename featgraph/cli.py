@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top-k", type=int, default=8, help="edges kept per feature (default: 8)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=_demo)
+
+    from .crosscoder_cli import add_crosscoder_parser
+
+    add_crosscoder_parser(sub)
     return p
 
 

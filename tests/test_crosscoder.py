@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from crosscoder.config import CrosscoderConfig, TrainConfig
-from crosscoder.build import ARCHITECTURES, build_crosscoder
+from crosscoder.build import build_crosscoder
 from crosscoder.relu import ReLUCrosscoder
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import load_crosscoder, save_crosscoder
@@ -168,7 +168,6 @@ def test_finetune_records_lineage_and_keeps_scales(tmp_path):
 
 def test_transcoder_reads_one_hookpoint_and_writes_another():
     """A transcoder is the same code: read 'in', write 'out'; it learns out = A·in when trained on that map."""
-    from crosscoder.build import build_crosscoder
 
     cfg = CrosscoderConfig(["in"], d_model=8, n_features=32, out_hookpoints=["out"], seed=0)
     assert cfg.all_hookpoints == ["in", "out"]
