@@ -20,6 +20,7 @@ __all__ = [
     "harvest",
     "estimate_norm_scales",
     "ActivationBuffer",
+    "ModelRows",
 ]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -102,18 +103,33 @@ def estimate_norm_scales(
     return (d_model**0.5 / mean_norm_L.clamp_min(1e-8)).cpu()
 
 
+class ModelRows:
+    """Row source for :class:`ActivationBuffer`: token rows run through the model on demand."""
+
+    def __init__(self, model: HookedTransformer, tokens_NT: torch.Tensor, hookpoints: Sequence[str], batch_size: int = 32):
+        check_hookpoints(model, hookpoints)
+        self.model, self.tokens_NT, self.hookpoints, self.batch_size = model, tokens_NT, list(hookpoints), batch_size
+        self.n_rows, self.tokens_per_row = tokens_NT.shape[0], tokens_NT.shape[1] - 1
+        self.n_hookpoints, self.d_model = len(self.hookpoints), model.cfg.d_model
+
+    def activations(self, rows: torch.Tensor, device: str | torch.device) -> Iterator[torch.Tensor]:
+        """Activations (b·(T−1), L, D) of the given row indices, in that order."""
+        yield from harvest(self.model, self.tokens_NT[rows], self.hookpoints, self.batch_size, device)
+
+
 class ActivationBuffer:
-    """A shuffled pool of normalised activations that refills from the model as it empties.
+    """A shuffled pool of normalised activations that refills as it empties.
 
     Holds ``n_buffer_tokens`` activations (B, L, D) on ``device``; every time half of it has been served, that
-    half is refilled from the next token rows (cycling through ``tokens_NT`` in an order reshuffled each
-    pass) and the pool is reshuffled. All randomness flows from ``seed``.
+    half is refilled from the next rows of ``source`` (cycling through them in an order reshuffled each pass)
+    and the pool is reshuffled. All randomness flows from ``seed``. The source is a :class:`ModelRows` (built
+    from ``model`` and ``tokens_NT``) or an on-disk :class:`~crosscoder.activation_cache.ActivationCache`.
     """
 
     def __init__(
         self,
-        model: HookedTransformer,
-        tokens_NT: torch.Tensor,
+        model: HookedTransformer | None,
+        tokens_NT: torch.Tensor | None,
         hookpoints: Sequence[str],
         norm_scale_L: torch.Tensor,
         batch_size: int,
@@ -121,19 +137,20 @@ class ActivationBuffer:
         model_batch_size: int = 32,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        source=None,
     ):
-        check_hookpoints(model, hookpoints)
-        self.model, self.tokens_NT, self.hookpoints = model, tokens_NT, list(hookpoints)
+        self.source = source if source is not None else ModelRows(model, tokens_NT, hookpoints, model_batch_size)
+        if list(self.source.hookpoints) != list(hookpoints):
+            raise FeatgraphError(f"activation source holds {list(self.source.hookpoints)}, not {list(hookpoints)}; use a cache of these hookpoints")
         self.scale_L1 = norm_scale_L.to(device)[:, None]
-        self.batch_size, self.model_batch_size, self.device = batch_size, model_batch_size, device
+        self.batch_size, self.device = batch_size, device
         self.gen = torch.Generator().manual_seed(seed)
-        per_row = tokens_NT.shape[1] - 1
+        per_row = self.source.tokens_per_row
         self.n_buffer = max(n_buffer_tokens, 2 * batch_size)
         self.n_buffer = (self.n_buffer // per_row + 1) * per_row
-        self.row_order = torch.randperm(tokens_NT.shape[0], generator=self.gen)
+        self.row_order = torch.randperm(self.source.n_rows, generator=self.gen)
         self.next_row = 0
-        L, D = len(self.hookpoints), model.cfg.d_model
-        self.pool_BLD = torch.empty(self.n_buffer, L, D, device=device)
+        self.pool_BLD = torch.empty(self.n_buffer, self.source.n_hookpoints, self.source.d_model, device=device)
         self._fill(0, self.n_buffer)
         self.pointer = 0
 
@@ -141,21 +158,21 @@ class ActivationBuffer:
         rows = []
         while n_rows > 0:
             if self.next_row >= len(self.row_order):
-                self.row_order = torch.randperm(self.tokens_NT.shape[0], generator=self.gen)
+                self.row_order = torch.randperm(self.source.n_rows, generator=self.gen)
                 self.next_row = 0
             take = self.row_order[self.next_row : self.next_row + n_rows]
             self.next_row += len(take)
             n_rows -= len(take)
-            rows.append(self.tokens_NT[take])
+            rows.append(take)
         return torch.cat(rows)
 
     def _fill(self, start: int, end: int) -> None:
-        per_row = self.tokens_NT.shape[1] - 1
+        per_row = self.source.tokens_per_row
         n_rows = -(-(end - start) // per_row)
         pos = start
-        for acts_BLD in harvest(self.model, self._next_rows(n_rows), self.hookpoints, self.model_batch_size, self.device):
+        for acts_BLD in self.source.activations(self._next_rows(n_rows), self.device):
             take = min(acts_BLD.shape[0], end - pos)
-            self.pool_BLD[pos : pos + take] = acts_BLD[:take] * self.scale_L1
+            self.pool_BLD[pos : pos + take] = acts_BLD[:take].to(self.pool_BLD.dtype) * self.scale_L1
             pos += take
             if pos >= end:
                 break
