@@ -48,6 +48,9 @@ class RunConfig:
     """Continue from the newest checkpoint in ``<out>.ckpt/``."""
     eval_rows: int = 64
     """Held-out token rows for the final metrics."""
+    activation_cache: Path | None = None
+    """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted)
+    and train from it, instead of running the model during training."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -166,14 +169,19 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
 
         cc = load_crosscoder(parent, device=device)
         check_compatible(cc, data.model, where=f"crosscoder {parent}")
+    source = None
+    if run.activation_cache is not None:
+        from crosscoder.activation_cache import write_activation_cache
+
+        source = write_activation_cache(data.model, data.train_NT, cc.cfg.all_hookpoints, run.activation_cache, progress=not args.quiet)
     buf = ActivationBuffer(data.model, data.train_NT, cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
-                           n_buffer_tokens=run.buffer_tokens, seed=run.seed, device=device)
+                           n_buffer_tokens=run.buffer_tokens, seed=run.seed, device=device, source=source)
     if parent is None:
         train_crosscoder(cc, buf, train_cfg, progress=not args.quiet, **ckpt)
     else:
         cc, _ = finetune_crosscoder(parent, buf, train_cfg, stage=args.stage, device=device, progress=not args.quiet, **ckpt)
     metrics = evaluate(cc, data.model, data.val_NT[: run.eval_rows])
-    save_crosscoder(cc, run.out, extra={"metrics": metrics.to_dict(), "run": {**dataclasses.asdict(run), "out": str(run.out)}, "train": dataclasses.asdict(train_cfg)})
+    save_crosscoder(cc, run.out, extra={"metrics": metrics.to_dict(), "run": json.loads(json.dumps(dataclasses.asdict(run), default=str)), "train": dataclasses.asdict(train_cfg)})
     print(_summary("trained" if parent is None else f"fine-tuned ({args.stage})", cc, metrics, run.out, time.perf_counter() - t0))
     return 0
 
@@ -215,6 +223,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint in <out>.ckpt/")
     p.add_argument("--buffer-tokens", dest="buffer_tokens", type=int, default=None)
+    p.add_argument("--activation-cache", dest="activation_cache", type=Path, default=None,
+                   help="harvest once into this folder (resumable) and train from it")
 
 
 def add_crosscoder_parser(sub) -> None:

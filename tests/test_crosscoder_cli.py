@@ -22,7 +22,9 @@ def test_train_eval_finetune(tmp_path, capsys, tiny_embedded):
     m = json.loads((tmp_path / "m.json").read_text())
     assert len(m["fvu_per_hookpoint"]) == 3 and len(m["ce_loss_recovered"]) == 3 and len(m["latent_scaling_beta"]) == 48
 
-    assert main(["crosscoder", "finetune", str(out), "--stage", "D", "--size", "tiny", "--steps", "10", "--batch-size", "64", "--out", str(tmp_path / "D"), "--quiet"]) == 0
+    assert main(["crosscoder", "finetune", str(out), "--stage", "D", "--size", "tiny", "--steps", "10", "--batch-size", "64",
+                 "--out", str(tmp_path / "D"), "--quiet", "--activation-cache", str(tmp_path / "acts")]) == 0
+    assert json.loads((tmp_path / "acts" / "meta.json").read_text())["complete"]
     d = load_crosscoder(tmp_path / "D")
     assert [s["stage"] for s in d.lineage] == ["base", "D"]
 
