@@ -137,6 +137,22 @@ def _summary(title: str, cc, metrics, out: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _init_distributed(device: str) -> tuple[int, int]:
+    """Join the process group when launched by torchrun (RANK in the environment); (rank, world size)."""
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or dist.is_initialized():
+        return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
 def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
     import torch
 
@@ -151,8 +167,9 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
     flags = _flags(args)
     run = _build(RunConfig, file.get("run", {}), flags)
     train_cfg = _build(TrainConfig, file.get("train", {}), flags)
-    data = _data(run, not args.quiet)
     device = _device(run.device)
+    rank, world = _init_distributed(device)
+    data = _data(run, not args.quiet and rank == 0)
     ckpt = dict(checkpoint_dir=str(run.out) + ".ckpt", checkpoint_every=run.checkpoint_every, resume=run.resume)
     if parent is None:
         hookpoints = run.hookpoints or default_hookpoints(data.model.cfg.n_layers)
@@ -170,16 +187,23 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
         cc = load_crosscoder(parent, device=device)
         check_compatible(cc, data.model, where=f"crosscoder {parent}")
     source = None
+    if run.activation_cache is not None and world > 1:
+        raise FeatgraphError("--activation-cache runs in one process; write the cache first, or drop it under torchrun (ranks harvest their own rows)")
     if run.activation_cache is not None:
         from crosscoder.activation_cache import write_activation_cache
 
         source = write_activation_cache(data.model, data.train_NT, cc.cfg.all_hookpoints, run.activation_cache, progress=not args.quiet)
-    buf = ActivationBuffer(data.model, data.train_NT, cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
-                           n_buffer_tokens=run.buffer_tokens, seed=run.seed, device=device, source=source)
+    rows = data.train_NT[rank::world]  # each rank streams its own share of the rows
+    buf = ActivationBuffer(data.model, rows, cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
+                           n_buffer_tokens=run.buffer_tokens, seed=run.seed + rank, device=device,
+                           source=source)
+    progress = not args.quiet and rank == 0
     if parent is None:
-        train_crosscoder(cc, buf, train_cfg, progress=not args.quiet, **ckpt)
+        train_crosscoder(cc, buf, train_cfg, progress=progress, **ckpt)
     else:
-        cc, _ = finetune_crosscoder(parent, buf, train_cfg, stage=args.stage, device=device, progress=not args.quiet, **ckpt)
+        cc, _ = finetune_crosscoder(parent, buf, train_cfg, stage=args.stage, device=device, progress=progress, **ckpt)
+    if rank != 0:
+        return 0  # rank 0 evaluates and saves; the weights are identical on every rank
     metrics = evaluate(cc, data.model, data.val_NT[: run.eval_rows])
     save_crosscoder(cc, run.out, extra={"metrics": metrics.to_dict(), "run": json.loads(json.dumps(dataclasses.asdict(run), default=str)), "train": dataclasses.asdict(train_cfg)})
     print(_summary("trained" if parent is None else f"fine-tuned ({args.stage})", cc, metrics, run.out, time.perf_counter() - t0))

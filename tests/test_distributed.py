@@ -69,3 +69,15 @@ def test_two_gloo_processes_match_one(tmp_path, arch):
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
         else:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_under_torchrun(tmp_path, tiny_embedded):
+    """The README's command: `torchrun -m featgraph.cli crosscoder train ...` joins the group and rank 0 saves."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "featgraph.cli", "crosscoder", "train", "--size", "tiny",
+           "--steps", "10", "--batch-size", "64", "--n-features", "32", "--quiet", "--out", str(tmp_path / "cc")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained:") == 1  # one summary, from rank 0
+    assert (tmp_path / "cc" / "crosscoder.safetensors").is_file()
