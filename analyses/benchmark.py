@@ -49,6 +49,37 @@ def bench_training(device: str, L: int, D: int, F: int, B: int, steps: int) -> N
         print(f"train  {arch:<10} L={L} D={D} F={F} B={B}: {steps / dt:8.1f} steps/s  {steps * B / dt:12,.0f} tokens/s")
 
 
+def bench_saelens_peer(device: str, d_in: int, F: int, B: int, steps: int) -> None:
+    """The same work in SAELens (if installed): a standard (ReLU + L1) SAE on the concatenated hookpoints, one
+    Adam step per batch — what an acausal crosscoder is, minus the per-layer norm penalty."""
+    try:
+        from sae_lens.saes.sae import TrainStepInput
+        from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    except ImportError:
+        print("peer   sae-lens not installed: skipped")
+        return
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=F, device=device))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    data = torch.randn(8, B, d_in, device=device, generator=torch.Generator(device=device).manual_seed(0))
+
+    def step(i: int) -> None:
+        out = sae.training_forward_pass(TrainStepInput(data[i % 8], {"l1": 2.0}, None, i, False))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+
+    for i in range(5):
+        step(i)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _sync(device)
+    dt = time.perf_counter() - t
+    print(f"peer   sae-lens standard SAE d_in={d_in} F={F} B={B}: {steps / dt:8.1f} steps/s  {steps * B / dt:12,.0f} tokens/s")
+
+
 def bench_stats(device: str, F: int, n_tokens: int, l0: int, chunk: int = 4096) -> None:
     gen = torch.Generator(device=device).manual_seed(0)
     stats = CoactivationStats(F)
@@ -90,6 +121,7 @@ def main() -> None:
     print(f"# featgraph benchmark on {a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     big = a.device.startswith("cuda")
     bench_training(a.device, L=5, D=128, F=1024, B=1024, steps=20 if a.quick else 100)
+    bench_saelens_peer(a.device, d_in=5 * 128, F=1024, B=1024, steps=20 if a.quick else 100)
     if big:
         bench_training(a.device, L=5, D=768, F=16_384, B=4096, steps=50)
     bench_stats(a.device, F=1024, n_tokens=(32_768 if a.quick else 262_144), l0=16)
