@@ -113,6 +113,23 @@ class Crosscoder(nn.Module):
         """Σ_l ‖a^l − â^l‖² over the written hookpoints, mean over the batch."""
         return (x_hat_BLD - self.targets(x_BLD)).pow(2).sum(dim=(1, 2)).mean()
 
+    def save(self, folder, extra: dict | None = None):
+        """Write cfg.json + crosscoder.safetensors to ``folder`` (see :func:`crosscoder.io.save_crosscoder`)."""
+        from .io import save_crosscoder
+
+        return save_crosscoder(self, folder, extra)
+
+    @classmethod
+    def load(cls, folder, device: str | torch.device = "cpu") -> "Crosscoder":
+        """Load any architecture saved in ``folder`` (see :func:`crosscoder.io.load_crosscoder`)."""
+        from .errors import FeatgraphError
+        from .io import load_crosscoder
+
+        cc = load_crosscoder(folder, device)
+        if not isinstance(cc, cls):
+            raise FeatgraphError(f"{folder} holds a {cc.cfg.architecture} crosscoder, not a {cls.__name__}; load it with Crosscoder.load")
+        return cc
+
     @torch.no_grad()
     def update_dead(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         """Advance the tokens-since-fired counters by a training batch of ``n_tokens`` in which ``fired_F`` fired."""

@@ -7,7 +7,8 @@ import torch
 
 from crosscoder.build import ARCHITECTURES, build_crosscoder
 from crosscoder.config import CrosscoderConfig, TrainConfig
-from crosscoder.io import load_crosscoder, save_crosscoder
+from crosscoder.crosscoder import Crosscoder
+from crosscoder.io import load_crosscoder
 from crosscoder.jumprelu import jumprelu
 from crosscoder.train import train_crosscoder
 
@@ -38,8 +39,9 @@ def test_contract(arch, tmp_path):
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert cc.W_enc_LDF.grad is not None and cc.W_dec_FLD.grad is not None
-    save_crosscoder(cc, tmp_path / arch)
+    cc.save(tmp_path / arch)
     back = load_crosscoder(tmp_path / arch)
+    assert type(Crosscoder.load(tmp_path / arch)) is type(cc)
     assert type(back) is type(cc) and back.cfg == cc.cfg
     cc.eval(), back.eval()
     assert torch.equal(cc(x), back(x))
