@@ -139,6 +139,9 @@ class TrainConfig:
     """Steps between logged losses."""
     seed: int = 0
     """Seed of the buffer's shuffling."""
+    autocast: Literal["auto", "bf16", "off"] = "auto"
+    """Mixed precision: ``auto`` = bf16 autocast on CUDA and none on the CPU; ``bf16`` forces it on any device.
+    Weights and Adam's state stay fp32 either way."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the run (e.g. the data it saw)."""
 
@@ -153,6 +156,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise FeatgraphError(f"{name} must lie in [0, 1], got {v}")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise FeatgraphError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
         if self.lr_warmup_frac + self.lr_decay_frac > 1.0:
             raise FeatgraphError("lr_warmup_frac + lr_decay_frac must be <= 1")
 

@@ -77,9 +77,8 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
     if resume and checkpoint_dir is not None and (path := latest_checkpoint(checkpoint_dir)) is not None:
         start, history = _restore(path, cc, opt, source)
         log.info("resumed from %s at step %d", path, start)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cc.device.type == "cuda" else contextlib.nullcontext()
-    )
+    use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and cc.device.type == "cuda")
+    autocast = torch.autocast(cc.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     cc.train()
     out = None
     bar = tqdm(range(start, cfg.steps), desc="crosscoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
