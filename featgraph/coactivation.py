@@ -16,7 +16,7 @@ import numpy as np
 from crosscoder.errors import FeatgraphError
 
 from .graph import FeatureGraph
-from .measures import MEASURES
+from .measures import MEASURES, decoder_cosine
 from .stats import CoactivationStats
 
 __all__ = ["coactivation_graph", "top_k_mask", "add_layer_profiles", "add_top_contexts", "feature_id"]
@@ -45,21 +45,26 @@ def coactivation_graph(
     top_k: int | None = 8,
     threshold: float | None = None,
     min_cocount: int = 5,
+    decoder_FK: np.ndarray | None = None,
 ) -> FeatureGraph:
     """Co-activation graph over the features that fire, weighted by ``measure``.
 
     Nodes are the features with at least one kept edge (isolated ones are counted in ``meta``); node
     attributes are ``feature`` (index), ``count``, ``frequency``, ``mean_act`` (mean when active) and
-    ``max_act``; every edge carries ``cocount`` and each measure in :data:`MEASURES`.
+    ``max_act``; every edge carries ``cocount`` and each measure in :data:`MEASURES`, and ``decoder_cosine`` when
+    the flattened decoder ``decoder_FK`` (F, L·D) is given (it can then also be the ``measure``).
     """
-    if measure not in MEASURES:
-        raise FeatgraphError(f"unknown edge measure {measure!r}; choose one of {sorted(MEASURES)}")
+    allowed = sorted(MEASURES) + (["decoder_cosine"] if decoder_FK is not None else [])
+    if measure not in allowed:
+        raise FeatgraphError(f"unknown edge measure {measure!r}; choose one of {allowed} (decoder_cosine needs the decoder)")
     if top_k is None and threshold is None:
         raise FeatgraphError("prune the graph: give top_k, threshold or both")
     if stats.n_tokens == 0:
         raise FeatgraphError("no tokens were seen; the token set is empty")
     i, j, c = stats.pairs(min_cocount)
     values = {name: fn(stats, i, j) for name, fn in MEASURES.items()}
+    if decoder_FK is not None:
+        values["decoder_cosine"] = decoder_cosine(decoder_FK, i, j)
     w = values[measure]
     keep = w > 0
     if threshold is not None:
@@ -93,17 +98,21 @@ def coactivation_graph(
         edge_attrs={"weight": w, "cocount": c, **values},
         meta={
             "kind": "coactivation", "measure": measure, "top_k": top_k, "threshold": threshold,
-            "min_cocount": min_cocount, "active_threshold": stats.threshold, "n_tokens": stats.n_tokens,
+            "min_cocount": min_cocount, "active_threshold": float(stats.threshold) if stats.threshold.ndim == 0 else "per-feature", "n_tokens": stats.n_tokens,
             "n_features": stats.n_features, "n_alive": alive, "n_isolated": alive - len(features),
         },
     )
 
 
 def add_layer_profiles(graph: FeatureGraph, decoder_norms_FL: np.ndarray, hookpoints: Sequence[str]) -> None:
-    """Per node: ``layer_profile`` (‖W_dec,i^l‖ per hookpoint), ``peak_layer`` (argmax) and ``peak_hookpoint``."""
+    """Per node: ``layer_profile`` (‖W_dec,i^l‖ per hookpoint), ``peak_layer`` (argmax), ``peak_hookpoint``, and
+    ``span``: how many hookpoints lie between the first and the last whose norm is ≥ 10 % of the peak's."""
     feats = np.asarray(graph.node_attrs["feature"], dtype=np.int64)
     prof = np.asarray(decoder_norms_FL)[feats]
     peak = prof.argmax(axis=1) if len(feats) else np.zeros(0, dtype=np.int64)
+    strong = prof >= 0.1 * prof.max(axis=1, keepdims=True) if len(feats) else np.zeros((0, 1), dtype=bool)
+    first, last = strong.argmax(axis=1), strong.shape[1] - 1 - strong[:, ::-1].argmax(axis=1)
+    graph.set_node_attr("span", (last - first + 1).tolist())
     graph.set_node_attr("layer_profile", [[round(float(v), 5) for v in row] for row in prof])
     graph.set_node_attr("peak_layer", peak.tolist())
     graph.set_node_attr("peak_hookpoint", [hookpoints[p] for p in peak])

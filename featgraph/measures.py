@@ -7,6 +7,10 @@ With N tokens, active counts n_i, co-counts C_ij, sums S_i = Σ f_i, Q_i = Σ f_
 * Jaccard   J_ij = C_ij / (n_i + n_j − C_ij)
 * sufficiency P(j | i) = C_ij / n_i  — when i fires, j fires too
 * necessity   P(i | j) = C_ij / n_j  — j rarely fires without i
+* binary mutual information over the 2×2 table of (i active, j active), in nats:
+  MI = Σ_{a,b ∈ {0,1}} p_ab log(p_ab / (p_a p_b)), with p_11 = C_ij/N, p_10 = (n_i − C_ij)/N, p_01 = (n_j − C_ij)/N
+* decoder cosine  cos(d_i, d_j) of the flattened decoder vectors (not a co-activation statistic: it needs the
+  dictionary, see :func:`decoder_cosine`)
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 from .stats import CoactivationStats
 
-__all__ = ["pearson", "jaccard", "sufficiency", "necessity", "MEASURES"]
+__all__ = ["pearson", "jaccard", "sufficiency", "necessity", "mutual_information", "decoder_cosine", "MEASURES"]
 
 
 def pearson(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -59,4 +63,38 @@ def necessity(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndar
     return sufficiency(stats, j, i)
 
 
-MEASURES = {"pearson": pearson, "jaccard": jaccard, "sufficiency": sufficiency, "necessity": necessity}
+def mutual_information(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Mutual information (nats) between the binary "active" indicators of features i and j.
+
+    Examples
+    --------
+    >>> import torch
+    >>> s = CoactivationStats(2)
+    >>> s.update(torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+    >>> round(float(mutual_information(s, np.array([0]), np.array([1]))[0]), 6)  # identical fair coins: log 2
+    0.693147
+    """
+    N = float(stats.n_tokens)
+    c = _cocount(stats, i, j)
+    ni, nj = stats.count_F[i].astype(np.float64), stats.count_F[j].astype(np.float64)
+    cells = [(c, ni, nj), (ni - c, ni, N - nj), (nj - c, N - ni, nj), (N - ni - nj + c, N - ni, N - nj)]
+    mi = np.zeros_like(c)
+    for joint, a, b in cells:
+        ok = (joint > 0) & (a > 0) & (b > 0)
+        mi += np.where(ok, joint / N * np.log(np.where(ok, joint * N, 1.0) / np.where(ok, a * b, 1.0)), 0.0)
+    return mi
+
+
+def decoder_cosine(decoder_FK: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """cos(d_i, d_j) of rows of the flattened decoder ``decoder_FK`` (F, L·D)."""
+    d = np.asarray(decoder_FK, dtype=np.float64)
+    norms = np.linalg.norm(d, axis=1)
+    dots = np.einsum("nk,nk->n", d[i], d[j])
+    den = norms[i] * norms[j]
+    return np.divide(dots, den, out=np.zeros_like(dots), where=den > 0)
+
+
+MEASURES = {
+    "pearson": pearson, "jaccard": jaccard, "sufficiency": sufficiency, "necessity": necessity,
+    "mutual_information": mutual_information,
+}

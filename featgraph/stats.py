@@ -1,28 +1,41 @@
 """Streamed sufficient statistics of feature activations.
 
-Feature activations arrive in chunks ``(n, F)``; what is kept grows with F and with the number of feature pairs
-that ever fire together, never with tokens × features or a dense F × F matrix:
+Feature activations arrive in chunks ``(n, F)`` on any device; what is kept grows with F and with the number of
+feature pairs that ever fire together, never with tokens × features:
 
 * per feature: active count n_i, Σ f_i, Σ f_i², max f_i, and the top-m activations with their token indices;
-* per co-active pair (sparse, symmetric): co-count C_ij = #{t : f_i(t) > θ and f_j(t) > θ} and co-moment
+* per co-active pair (symmetric): co-count C_ij = #{t : f_i(t) > θ_i and f_j(t) > θ_j} and co-moment
   M_ij = Σ_t f_i(t) f_j(t) (exact: the product is zero wherever either feature is silent).
 
-Statistics of disjoint token sets add up exactly (:meth:`CoactivationStats.merge`), so shards or ranks can be
-computed apart and combined.
+Two accumulators, one result: on a GPU and up to ``dense_limit`` features (default 4,096: two F × F matrices of
+128 MiB at most) the pair statistics are dense matrices on the device, updated by one matmul per chunk (the GPU
+fast path); otherwise they are scipy sparse matrices holding only pairs that co-fire (on the CPU the sparse
+products are faster for sparse activations). ``co_count`` and
+``co_moment`` are always returned as scipy CSR matrices. Statistics of disjoint token sets add up exactly
+(:meth:`CoactivationStats.merge`), and :meth:`CoactivationStats.all_reduce` combines ranks under
+torch.distributed.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CoactivationStats"]
+__all__ = ["CoactivationStats", "feature_max"]
 
 
-@dataclass
+def feature_max(chunks) -> np.ndarray:
+    """Per-feature maximum over an iterable of ``(n, F)`` chunks — the first pass for relative thresholds."""
+    out = None
+    for f_nF in chunks:
+        m = f_nF.max(dim=0).values.double().cpu().numpy()
+        out = m if out is None else np.maximum(out, m)
+    if out is None:
+        raise ValueError("feature_max() got no chunks")
+    return out
+
+
 class CoactivationStats:
     """Sufficient statistics for co-activation measures over F features.
 
@@ -30,36 +43,40 @@ class CoactivationStats:
     ----------
     n_features : int
         F.
-    threshold : float
-        θ: a feature is *active* on a token when f > θ (θ = 0: any positive activation).
+    threshold : float or array of shape (F,)
+        θ: a feature is *active* on a token when f > θ (0: any positive activation). For "active above a fraction
+        of the feature's max", pass ``frac * feature_max(...)`` from a first pass.
     top_m : int
         How many top activations (and their token indices) to keep per feature, for contexts.
+    dense_limit : int
+        On CUDA, keep the pair statistics as dense device matrices up to this many features; sparse above.
+    dense : bool or None
+        Force the dense (True) or sparse (False) accumulator; None chooses by device and ``dense_limit``.
     """
 
-    n_features: int
-    threshold: float = 0.0
-    top_m: int = 8
-    n_tokens: int = 0
-    count_F: np.ndarray = field(init=False)
-    sum_F: np.ndarray = field(init=False)
-    sumsq_F: np.ndarray = field(init=False)
-    max_F: np.ndarray = field(init=False)
-    top_val_FM: np.ndarray = field(init=False)
-    top_idx_FM: np.ndarray = field(init=False)
-    co_count: sp.csr_matrix = field(init=False)
-    co_moment: sp.csr_matrix = field(init=False)
-
-    def __post_init__(self) -> None:
-        F, M = self.n_features, self.top_m
+    def __init__(
+        self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int = 4096, dense: bool | None = None
+    ):
+        F, M = n_features, top_m
+        self.n_features, self.top_m, self.dense_limit, self.dense = F, M, dense_limit, dense
+        self.threshold = np.asarray(threshold, dtype=np.float64)
+        if self.threshold.ndim not in (0, 1) or (self.threshold.ndim == 1 and len(self.threshold) != F):
+            raise ValueError(f"threshold must be a scalar or have one value per feature ({F})")
+        self.n_tokens = 0
         self.count_F = np.zeros(F, dtype=np.int64)
         self.sum_F = np.zeros(F, dtype=np.float64)
         self.sumsq_F = np.zeros(F, dtype=np.float64)
         self.max_F = np.zeros(F, dtype=np.float64)
         self.top_val_FM = np.full((F, M), -np.inf, dtype=np.float64)
         self.top_idx_FM = np.full((F, M), -1, dtype=np.int64)
-        self.co_count = sp.csr_matrix((F, F), dtype=np.int64)
-        self.co_moment = sp.csr_matrix((F, F), dtype=np.float64)
+        self._count = None  # dense: torch (F, F) int64 on the chunks' device; sparse: scipy CSR
+        self._moment = None
+        self._csr: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
+    def __repr__(self) -> str:
+        return f"CoactivationStats(n_features={self.n_features}, n_tokens={self.n_tokens}, dense={self.dense})"
+
+    # ---- accumulation ----------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, f_nF: torch.Tensor, token_index_n: torch.Tensor | None = None) -> None:
         """Add a chunk of activations ``(n, F)`` (any device); ``token_index_n`` labels its tokens for contexts."""
@@ -69,14 +86,21 @@ class CoactivationStats:
         if token_index_n is None:
             token_index_n = torch.arange(self.n_tokens, self.n_tokens + n)
         f_nF = f_nF.float()
-        active_nF = f_nF > self.threshold
+        thr = torch.as_tensor(self.threshold, dtype=torch.float32, device=f_nF.device)
+        active_nF = f_nF > thr
         self.count_F += active_nF.sum(0).cpu().numpy()
         f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
         self.sum_F += f64_nF.sum(0).cpu().numpy()
         self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)
-        self._update_pairs(f_nF, active_nF)
+        if self.dense is None:
+            self.dense = f_nF.is_cuda and F <= self.dense_limit
+        if self.dense:
+            self._update_pairs_dense(f64_nF, active_nF)
+        else:
+            self._update_pairs_sparse(f_nF, active_nF)
+        self._csr = None
         self.n_tokens += n
 
     def _update_top(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
@@ -85,38 +109,50 @@ class CoactivationStats:
         vals = np.concatenate([self.top_val_FM, vals_kF.T.double().cpu().numpy()], axis=1)
         idx = np.concatenate([self.top_idx_FM, token_index_n.cpu().numpy()[rows_kF.T.cpu().numpy()]], axis=1)
         vals = np.where(vals > 0, vals, -np.inf)  # a silent token is not a top context
-        order = np.argsort(-vals, axis=1, kind="stable")[:, : self.top_m]
-        self.top_val_FM = np.take_along_axis(vals, order, axis=1)
-        self.top_idx_FM = np.where(np.isfinite(self.top_val_FM), np.take_along_axis(idx, order, axis=1), -1)
+        self.top_val_FM, self.top_idx_FM = _top_m(vals, idx, self.top_m)
 
-    def _update_pairs(self, f_nF: torch.Tensor, active_nF: torch.Tensor) -> None:
+    def _update_pairs_dense(self, f64_nF: torch.Tensor, active_nF: torch.Tensor) -> None:
+        if self._count is None:
+            F, dev = self.n_features, f64_nF.device
+            self._count = torch.zeros(F, F, dtype=torch.int64, device=dev)
+            self._moment = torch.zeros(F, F, dtype=torch.float64, device=dev)
+        b = active_nF.float()
+        self._count += (b.T @ b).round().long()  # exact: float32 holds integers up to 2^24 per chunk
+        self._moment += f64_nF.T @ f64_nF
+
+    def _update_pairs_sparse(self, f_nF: torch.Tensor, active_nF: torch.Tensor) -> None:
         n, F = f_nF.shape
         rows, cols = (f_nF > 0).nonzero(as_tuple=True)
         vals = f_nF[rows, cols].double().cpu().numpy()
         X = sp.csr_matrix((vals, (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, F))
-        self.co_moment = self.co_moment + (X.T @ X).tocsr()
-        if self.threshold > 0:
-            rows, cols = active_nF.nonzero(as_tuple=True)
-            rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
-        else:
-            rows, cols = X.nonzero()
+        rows, cols = (r.cpu().numpy() for r in active_nF.nonzero(as_tuple=True))
         B = sp.csr_matrix((np.ones(len(rows), dtype=np.int64), (rows, cols)), shape=(n, F))
-        self.co_count = self.co_count + (B.T @ B).tocsr()
+        moment, count = (X.T @ X).tocsr(), (B.T @ B).tocsr()
+        self._moment = moment if self._moment is None else self._moment + moment
+        self._count = count if self._count is None else self._count + count
 
-    def merge(self, other: "CoactivationStats") -> "CoactivationStats":
-        """Statistics of the union of two disjoint token sets (exact)."""
-        if (other.n_features, other.threshold, other.top_m) != (self.n_features, self.threshold, self.top_m):
-            raise ValueError("can only merge statistics with the same n_features, threshold and top_m")
-        out = CoactivationStats(self.n_features, self.threshold, self.top_m, self.n_tokens + other.n_tokens)
-        out.count_F = self.count_F + other.count_F
-        out.sum_F, out.sumsq_F = self.sum_F + other.sum_F, self.sumsq_F + other.sumsq_F
-        out.max_F = np.maximum(self.max_F, other.max_F)
-        vals = np.concatenate([self.top_val_FM, other.top_val_FM], axis=1)
-        idx = np.concatenate([self.top_idx_FM, other.top_idx_FM], axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")[:, : self.top_m]
-        out.top_val_FM, out.top_idx_FM = np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
-        out.co_count, out.co_moment = self.co_count + other.co_count, self.co_moment + other.co_moment
-        return out
+    # ---- results ---------------------------------------------------------------------------------
+    def _as_csr(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        if self._csr is None:
+            F = self.n_features
+            if self._count is None:
+                self._csr = (sp.csr_matrix((F, F), dtype=np.int64), sp.csr_matrix((F, F), dtype=np.float64))
+            elif self.dense:
+                count, moment = self._count.cpu().numpy(), self._moment.cpu().numpy()
+                self._csr = (sp.csr_matrix(count), sp.csr_matrix(moment))
+            else:
+                self._csr = (self._count.tocsr(), self._moment.tocsr())
+        return self._csr
+
+    @property
+    def co_count(self) -> sp.csr_matrix:
+        """C_ij, symmetric (F, F) CSR; the diagonal holds n_i."""
+        return self._as_csr()[0]
+
+    @property
+    def co_moment(self) -> sp.csr_matrix:
+        """M_ij = Σ_t f_i f_j, symmetric (F, F) CSR."""
+        return self._as_csr()[1]
 
     @property
     def frequency_F(self) -> np.ndarray:
@@ -132,3 +168,91 @@ class CoactivationStats:
     def co_moment_of(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """M_ij for arrays of pairs."""
         return np.asarray(self.co_moment[i, j]).ravel()
+
+    # ---- combining -------------------------------------------------------------------------------
+    def _check_compatible(self, other: "CoactivationStats") -> None:
+        if (other.n_features, other.top_m) != (self.n_features, self.top_m) or not np.array_equal(other.threshold, self.threshold):
+            raise ValueError("can only merge statistics with the same n_features, threshold and top_m")
+
+    def merge(self, other: "CoactivationStats") -> "CoactivationStats":
+        """Statistics of the union of two disjoint token sets (exact)."""
+        self._check_compatible(other)
+        out = CoactivationStats(self.n_features, self.threshold, self.top_m, dense=False)
+        out.n_tokens = self.n_tokens + other.n_tokens
+        out.count_F = self.count_F + other.count_F
+        out.sum_F, out.sumsq_F = self.sum_F + other.sum_F, self.sumsq_F + other.sumsq_F
+        out.max_F = np.maximum(self.max_F, other.max_F)
+        out.top_val_FM, out.top_idx_FM = _top_m(
+            np.concatenate([self.top_val_FM, other.top_val_FM], 1), np.concatenate([self.top_idx_FM, other.top_idx_FM], 1), self.top_m
+        )
+        out._count, out._moment = self.co_count + other.co_count, self.co_moment + other.co_moment
+        return out
+
+    def all_reduce(self) -> "CoactivationStats":
+        """Combine the statistics of every rank of the default process group; every rank gets the total.
+
+        Counts and sums are all-reduced; maxima with MAX; top-m lists and the sparse pair statistics are
+        all-gathered (as index/value tensors — nothing is pickled) and merged. A no-op without a process group.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        total = None
+        for part in _gather_stats(self):
+            total = part if total is None else total.merge(part)
+        return total
+
+
+def _top_m(vals: np.ndarray, idx: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-vals, axis=1, kind="stable")[:, :m]
+    top_val = np.take_along_axis(vals, order, axis=1)
+    return top_val, np.where(np.isfinite(top_val), np.take_along_axis(idx, order, axis=1), -1)
+
+
+def _all_gather_1d(t: torch.Tensor) -> list[torch.Tensor]:
+    """All-gather a 1-D CPU tensor whose length differs by rank."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    n = torch.tensor([t.numel()])
+    sizes = [torch.zeros(1, dtype=n.dtype) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    width = int(max(s.item() for s in sizes))
+    padded = torch.zeros(width, dtype=t.dtype)
+    padded[: t.numel()] = t
+    out = [torch.zeros(width, dtype=t.dtype) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return [o[: int(s.item())] for o, s in zip(out, sizes)]
+
+
+def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
+    """Every rank's statistics, rebuilt from gathered tensors (in rank order)."""
+    F = s.n_features
+    C, M = s.co_count.tocoo(), s.co_moment.tocoo()
+    per_feature = torch.from_numpy(np.concatenate([s.count_F.astype(np.float64), s.sum_F, s.sumsq_F, s.max_F, s.top_val_FM.ravel()]))
+    fields = {
+        "per_feature": _all_gather_1d(per_feature),
+        "top_idx": _all_gather_1d(torch.from_numpy(s.top_idx_FM.ravel())),
+        "n_tokens": _all_gather_1d(torch.tensor([s.n_tokens])),
+        "rows": _all_gather_1d(torch.from_numpy(C.row.astype(np.int64))),
+        "cols": _all_gather_1d(torch.from_numpy(C.col.astype(np.int64))),
+        "counts": _all_gather_1d(torch.from_numpy(C.data.astype(np.int64))),
+        "m_rows": _all_gather_1d(torch.from_numpy(M.row.astype(np.int64))),
+        "m_cols": _all_gather_1d(torch.from_numpy(M.col.astype(np.int64))),
+        "moments": _all_gather_1d(torch.from_numpy(M.data.astype(np.float64))),
+    }
+    parts = []
+    for r in range(len(fields["n_tokens"])):
+        p = CoactivationStats(F, s.threshold, s.top_m, dense=False)
+        pf = fields["per_feature"][r].numpy()
+        p.count_F = pf[:F].astype(np.int64)
+        p.sum_F, p.sumsq_F, p.max_F = pf[F : 2 * F], pf[2 * F : 3 * F], pf[3 * F : 4 * F]
+        p.top_val_FM = pf[4 * F :].reshape(F, s.top_m)
+        p.top_idx_FM = fields["top_idx"][r].numpy().reshape(F, s.top_m)
+        p.n_tokens = int(fields["n_tokens"][r].item())
+        rows, cols = fields["rows"][r].numpy(), fields["cols"][r].numpy()
+        p._count = sp.csr_matrix((fields["counts"][r].numpy(), (rows, cols)), shape=(F, F))
+        p._moment = sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F))
+        parts.append(p)
+    return parts

@@ -81,3 +81,49 @@ def test_cli_under_torchrun(tmp_path, tiny_embedded):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("trained:") == 1  # one summary, from rank 0
     assert (tmp_path / "cc" / "crosscoder.safetensors").is_file()
+
+
+STATS_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch, torch.distributed as dist, scipy.sparse as sp
+    from featgraph.stats import CoactivationStats
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rng = np.random.default_rng(0)
+    X = (rng.exponential(1.0, (400, 10)) * (rng.random((400, 10)) < 0.3)).astype(np.float32)
+    s = CoactivationStats(10, top_m=4)
+    for a in range(rank * 64, 400, 64 * world):  # ranks take alternate chunks
+        s.update(torch.from_numpy(X[a : a + 64]), torch.arange(a, min(a + 64, 400)))
+    total = s.all_reduce()
+    if rank == 0:
+        np.savez(sys.argv[1], count=total.count_F, sum=total.sum_F, top=total.top_idx_FM, cc=total.co_count.toarray(),
+                 cm=total.co_moment.toarray(), n=total.n_tokens)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_stats_all_reduce_over_two_gloo_processes(tmp_path):
+    import numpy as np
+
+    from featgraph.stats import CoactivationStats
+
+    script = tmp_path / "stats_script.py"
+    script.write_text(STATS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), str(tmp_path / "out.npz")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    rng = np.random.default_rng(0)
+    X = (rng.exponential(1.0, (400, 10)) * (rng.random((400, 10)) < 0.3)).astype(np.float32)
+    one = CoactivationStats(10, top_m=4)
+    for a in range(0, 400, 64):
+        one.update(torch.from_numpy(X[a : a + 64]))
+    assert int(got["n"]) == 400
+    np.testing.assert_array_equal(got["count"], one.count_F)
+    np.testing.assert_allclose(got["sum"], one.sum_F, rtol=1e-12)
+    np.testing.assert_array_equal(got["cc"], one.co_count.toarray())
+    np.testing.assert_allclose(got["cm"], one.co_moment.toarray(), rtol=1e-12)
+    assert (np.sort(got["top"], axis=1) == np.sort(one.top_idx_FM, axis=1)).all()

@@ -184,3 +184,50 @@ def test_empty_graph_is_a_clear_error():
     g = FeatureGraph(["F0", "F1"])
     with pytest.raises(FeatgraphError, match="no edges"):
         leiden(g)
+
+
+def test_dense_and_sparse_accumulators_agree():
+    X = random_sparse(n=300, F=12, seed=4)
+    thr = 0.3 * X.max(axis=0)  # "active above 30 % of the feature's max", per feature
+    dense, sparse = CoactivationStats(12, threshold=thr, dense=True), CoactivationStats(12, threshold=thr, dense=False)
+    for a in range(0, 300, 64):
+        dense.update(torch.from_numpy(X[a : a + 64]))
+        sparse.update(torch.from_numpy(X[a : a + 64]))
+    A = (X > thr).astype(np.int64)
+    np.testing.assert_array_equal(dense.co_count.toarray(), A.T @ A)
+    np.testing.assert_array_equal(sparse.co_count.toarray(), A.T @ A)
+    np.testing.assert_allclose(dense.co_moment.toarray(), X.T.astype(np.float64) @ X, rtol=1e-6)
+    np.testing.assert_allclose(sparse.co_moment.toarray(), dense.co_moment.toarray(), rtol=1e-9)
+    np.testing.assert_array_equal(dense.count_F, A.sum(0))
+
+
+def test_feature_max_first_pass():
+    from featgraph.stats import feature_max
+
+    X = random_sparse()
+    np.testing.assert_allclose(feature_max(torch.from_numpy(X[a : a + 50]) for a in range(0, 300, 50)), X.max(0))
+
+
+def test_mutual_information_and_decoder_cosine_brute_force():
+    from featgraph.measures import decoder_cosine, mutual_information
+
+    X = random_sparse(n=400, seed=2)
+    s = stream(X)
+    A = X > 0
+    i, j = np.triu_indices(X.shape[1], k=1)
+
+    def mi(a, b):
+        out = 0.0
+        for va in (0, 1):
+            for vb in (0, 1):
+                p = np.mean((a == va) & (b == vb))
+                if p > 0:
+                    out += p * np.log(p / (np.mean(a == va) * np.mean(b == vb)))
+        return out
+
+    np.testing.assert_allclose(mutual_information(s, i, j), [mi(A[:, a], A[:, b]) for a, b in zip(i, j)], atol=1e-12)
+    D = np.random.default_rng(0).normal(size=(12, 6))
+    want = [D[a] @ D[b] / np.linalg.norm(D[a]) / np.linalg.norm(D[b]) for a, b in zip(i, j)]
+    np.testing.assert_allclose(decoder_cosine(D, i, j), want)
+    g = coactivation_graph(s, measure="decoder_cosine", top_k=3, min_cocount=2, decoder_FK=D)
+    assert g.meta["measure"] == "decoder_cosine" and (g.weights > 0).all() and "decoder_cosine" in g.edge_attrs
