@@ -11,7 +11,7 @@ from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 from .harvest import check_hookpoints, harvest
 
-__all__ = ["check_compatible", "feature_activations", "FeatureChunk"]
+__all__ = ["check_compatible", "feature_activations", "stack_feature_activations", "FeatureChunk"]
 
 
 class FeatureChunk(NamedTuple):
@@ -41,3 +41,23 @@ def feature_activations(
         rows = torch.arange(b * batch_size, min((b + 1) * batch_size, tokens_NT.shape[0]))
         index_n = (rows[:, None] * T + positions_T[None, :]).reshape(-1)
         yield FeatureChunk(cc.encode(acts_BLD), index_n)
+
+
+@torch.no_grad()
+def stack_feature_activations(
+    ccs: list[Crosscoder], model: HookedTransformer, tokens_NT: torch.Tensor, batch_size: int = 32
+) -> Iterator[FeatureChunk]:
+    """Feature activations of several crosscoders (e.g. a stack of per-layer SAEs) on the same tokens, concatenated
+    along the feature axis in the order given: ``(n, Σ F_k)``. One forward pass harvests every hookpoint needed."""
+    for cc in ccs:
+        check_compatible(cc, model)
+    hookpoints = list(dict.fromkeys(h for cc in ccs for h in cc.cfg.all_hookpoints))
+    where = [[hookpoints.index(h) for h in cc.cfg.all_hookpoints] for cc in ccs]
+    T = tokens_NT.shape[1]
+    positions_T = torch.arange(1, T)
+    device = ccs[0].device
+    for b, acts_BLD in enumerate(harvest(model, tokens_NT, hookpoints, batch_size, device=device)):
+        rows = torch.arange(b * batch_size, min((b + 1) * batch_size, tokens_NT.shape[0]))
+        index_n = (rows[:, None] * T + positions_T[None, :]).reshape(-1)
+        f = torch.cat([cc.encode(acts_BLD[:, idx]) for cc, idx in zip(ccs, where)], dim=1)
+        yield FeatureChunk(f, index_n)

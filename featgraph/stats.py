@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CoactivationStats", "feature_max"]
+__all__ = ["CoactivationStats", "feature_max", "save_stats", "load_stats"]
 
 
 def feature_max(chunks) -> np.ndarray:
@@ -256,3 +256,55 @@ def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
         p._moment = sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F))
         parts.append(p)
     return parts
+
+
+def save_stats(stats: CoactivationStats, folder, meta: dict | None = None) -> None:
+    """Write ``stats`` to ``folder`` as ``stats.safetensors`` + ``stats.json`` (atomically; nothing pickled)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from crosscoder.io import atomic_file
+
+    C, M = stats.co_count.tocoo(), stats.co_moment.tocoo()
+    arrays = {
+        "count_F": stats.count_F, "sum_F": stats.sum_F, "sumsq_F": stats.sumsq_F, "max_F": stats.max_F,
+        "top_val_FM": stats.top_val_FM, "top_idx_FM": stats.top_idx_FM, "threshold": np.atleast_1d(stats.threshold),
+        "c_row": C.row.astype(np.int64), "c_col": C.col.astype(np.int64), "c_val": C.data.astype(np.int64),
+        "m_row": M.row.astype(np.int64), "m_col": M.col.astype(np.int64), "m_val": M.data.astype(np.float64),
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_file(folder / "stats.safetensors") as tmp:
+        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp))
+    info = {"n_features": stats.n_features, "top_m": stats.top_m, "n_tokens": stats.n_tokens,
+            "scalar_threshold": stats.threshold.ndim == 0, **(meta or {})}
+    with atomic_file(folder / "stats.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+
+
+def load_stats(folder) -> tuple[CoactivationStats, dict]:
+    """Read what :func:`save_stats` wrote: (statistics, the extra metadata)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from crosscoder.errors import FeatgraphError
+
+    folder = Path(folder)
+    if not (folder / "stats.json").is_file() or not (folder / "stats.safetensors").is_file():
+        raise FeatgraphError(f"{folder} holds no graph statistics (stats.json + stats.safetensors); run `featgraph graph build` first")
+    info = json.loads((folder / "stats.json").read_text())
+    a = {k: v.numpy() for k, v in load_file(str(folder / "stats.safetensors")).items()}
+    F = info["n_features"]
+    thr = a["threshold"][0] if info["scalar_threshold"] else a["threshold"]
+    s = CoactivationStats(F, thr, info["top_m"], dense=False)
+    s.n_tokens = info["n_tokens"]
+    s.count_F, s.sum_F, s.sumsq_F, s.max_F = a["count_F"], a["sum_F"], a["sumsq_F"], a["max_F"]
+    s.top_val_FM, s.top_idx_FM = a["top_val_FM"], a["top_idx_FM"]
+    s._count = sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F))
+    s._moment = sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F))
+    extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold")}
+    return s, extra

@@ -231,3 +231,18 @@ def test_mutual_information_and_decoder_cosine_brute_force():
     np.testing.assert_allclose(decoder_cosine(D, i, j), want)
     g = coactivation_graph(s, measure="decoder_cosine", top_k=3, min_cocount=2, decoder_FK=D)
     assert g.meta["measure"] == "decoder_cosine" and (g.weights > 0).all() and "decoder_cosine" in g.edge_attrs
+
+
+def test_stats_save_load_round_trip(tmp_path):
+    from featgraph.stats import load_stats, save_stats
+
+    X = random_sparse()
+    s = stream(X, threshold=0.2)
+    save_stats(s, tmp_path / "st", meta={"layer_F": [0] * 6 + [1] * 6})
+    back, meta = load_stats(tmp_path / "st")
+    assert meta["layer_F"] == [0] * 6 + [1] * 6 and back.n_tokens == s.n_tokens
+    for name in ("count_F", "sum_F", "sumsq_F", "max_F", "top_val_FM", "top_idx_FM"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(s, name))
+    assert (back.co_count != s.co_count).nnz == 0 and (back.co_moment != s.co_moment).nnz == 0
+    with pytest.raises(FeatgraphError, match="graph build"):
+        load_stats(tmp_path)
