@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .crosscoder_cli import add_crosscoder_parser
 
     add_crosscoder_parser(sub)
+    from .graph_cli import add_graph_parser
+
+    add_graph_parser(sub)
     return p
 
 

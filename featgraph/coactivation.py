@@ -3,8 +3,8 @@
 Edges join features that fire together (spar-2024; arXiv 2410.08869). Candidates are pairs with co-count
 ≥ ``min_cocount`` (a significance floor for rare features); each gets every measure in
 :mod:`featgraph.measures`; the ``measure`` chosen as weight must be positive; then the graph is pruned to the
-strongest edges — an edge survives if it is among the ``top_k`` heaviest of *either* endpoint and/or its
-weight is ≥ ``threshold``.
+strongest edges (:func:`prune_mask`): weight ≥ ``threshold`` if given, and among the ``top_k`` heaviest of
+*either* endpoint if given — with both, each node keeps at most its k strongest edges above the threshold.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .graph import FeatureGraph
 from .measures import MEASURES, decoder_cosine
 from .stats import CoactivationStats
 
-__all__ = ["coactivation_graph", "top_k_mask", "add_layer_profiles", "add_top_contexts", "feature_id"]
+__all__ = ["coactivation_graph", "top_k_mask", "prune_mask", "add_layer_profiles", "add_top_contexts", "feature_id"]
 
 
 def feature_id(i: int) -> str:
@@ -36,6 +36,19 @@ def top_k_mask(src: np.ndarray, dst: np.ndarray, w: np.ndarray, k: int) -> np.nd
         starts = np.r_[0, np.flatnonzero(np.diff(a_sorted)) + 1]
         rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
         keep[order[rank < k]] = True
+    return keep
+
+
+def prune_mask(src: np.ndarray, dst: np.ndarray, w: np.ndarray, top_k: int | None, threshold: float | None) -> np.ndarray:
+    """Edges kept: positive weight, ≥ ``threshold`` (if given), and among the ``top_k`` heaviest of either endpoint
+    (if given) — with both, each node keeps at most its k strongest edges above the threshold."""
+    keep = w > 0
+    if threshold is not None:
+        keep &= w >= threshold
+    if top_k is not None:
+        top = np.zeros(len(w), dtype=bool)
+        top[keep] = top_k_mask(src[keep], dst[keep], w[keep], top_k)
+        keep = top
     return keep
 
 
@@ -65,18 +78,10 @@ def coactivation_graph(
     values = {name: fn(stats, i, j) for name, fn in MEASURES.items()}
     if decoder_FK is not None:
         values["decoder_cosine"] = decoder_cosine(decoder_FK, i, j)
+    sel = prune_mask(i, j, values[measure], top_k, threshold)
+    i, j, c = i[sel], j[sel], c[sel]
+    values = {k: v[sel] for k, v in values.items()}
     w = values[measure]
-    keep = w > 0
-    if threshold is not None:
-        keep &= w >= threshold
-    i, j, c, w = i[keep], j[keep], c[keep], w[keep]
-    values = {k: v[keep] for k, v in values.items()}
-    if top_k is not None:
-        sel = top_k_mask(i, j, w, top_k)
-        if threshold is not None:
-            sel |= w >= threshold
-        i, j, c, w = i[sel], j[sel], c[sel], w[sel]
-        values = {k: v[sel] for k, v in values.items()}
 
     features = np.unique(np.r_[i, j])
     local = np.full(stats.n_features, -1, dtype=np.int64)
@@ -135,7 +140,8 @@ def add_top_contexts(
     tokens_NT = np.asarray(tokens_NT)
     T = tokens_NT.shape[1]
     contexts = []
-    for f in graph.node_attrs["feature"]:
+    index_key = "global_feature" if "global_feature" in graph.node_attrs else "feature"  # stacks: global index
+    for f in graph.node_attrs[index_key]:
         ctx = []
         for val, idx in zip(stats.top_val_FM[f][:n_contexts], stats.top_idx_FM[f][:n_contexts]):
             if idx < 0:

@@ -37,7 +37,9 @@ def community_colors(n: int) -> list[str]:
 def layout_positions(graph: FeatureGraph, community: np.ndarray, gap: float = 22.0) -> np.ndarray:
     """(n, 2) positions: one block per peak layer, left to right; inside a block, nodes fill a grid row by row,
     sorted by community then frequency, so each community is a band."""
-    layer = np.asarray(graph.node_attrs.get("peak_layer", [0] * graph.n_nodes))
+    if "x" in graph.node_attrs and "y" in graph.node_attrs:  # laid out already (e.g. a per-prompt graph)
+        return np.c_[np.asarray(graph.node_attrs["x"], float) * 15 * gap, np.asarray(graph.node_attrs["y"], float) * 2 * gap]
+    layer = np.asarray(graph.node_attrs.get("layer", graph.node_attrs.get("peak_layer", [0] * graph.n_nodes)))
     freq = np.asarray(graph.node_attrs.get("frequency", [0.0] * graph.n_nodes))
     layers, sizes = np.unique(layer, return_counts=True)
     n_cols = {lay: max(1, int(np.ceil(np.sqrt(n) / 1.5))) for lay, n in zip(layers, sizes)}
