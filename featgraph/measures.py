@@ -42,6 +42,8 @@ def pearson(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarra
 
 
 def _cocount(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    if len(i) == 0:
+        return np.zeros(0)
     return np.asarray(stats.co_count[i, j]).ravel().astype(np.float64)
 
 

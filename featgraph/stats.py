@@ -167,6 +167,8 @@ class CoactivationStats:
 
     def co_moment_of(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """M_ij for arrays of pairs."""
+        if len(i) == 0:
+            return np.zeros(0)
         return np.asarray(self.co_moment[i, j]).ravel()
 
     # ---- combining -------------------------------------------------------------------------------

@@ -246,3 +246,11 @@ def test_stats_save_load_round_trip(tmp_path):
     assert (back.co_count != s.co_count).nnz == 0 and (back.co_moment != s.co_moment).nnz == 0
     with pytest.raises(FeatgraphError, match="graph build"):
         load_stats(tmp_path)
+
+
+def test_no_candidate_pairs_gives_an_empty_graph_and_a_clear_error():
+    s = stream(random_sparse())
+    g = coactivation_graph(s, top_k=3, min_cocount=10**9)
+    assert g.n_nodes == 0 and g.n_edges == 0
+    with pytest.raises(FeatgraphError, match="no edges; use more tokens, a lower min_cocount"):
+        g.require_edges()
