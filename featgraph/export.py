@@ -66,7 +66,7 @@ def read_graphml(path: str | os.PathLike) -> FeatureGraph:
 def write_json(graph: FeatureGraph, path: str | os.PathLike) -> Path:
     nodes = [graph.node(i) for i in range(graph.n_nodes)]
     links = [graph.edge(k) for k in range(graph.n_edges)]
-    doc = {"directed": graph.directed, "multigraph": False, "graph": {**graph.meta, "weight_key": graph.weight_key},
+    doc = {"directed": graph.directed, "multigraph": graph.multigraph, "graph": {**graph.meta, "weight_key": graph.weight_key},
            "nodes": nodes, "links": links}
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(doc, default=_scalar), encoding="utf-8")

@@ -33,6 +33,8 @@ class FeatureGraph:
     weight_key: str = "weight"
     directed: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    multigraph: bool = False
+    """Parallel edges allowed (e.g. co-activation and interaction edges between one pair, told apart by ``type``)."""
 
     def __post_init__(self) -> None:
         if len(set(self.node_ids)) != len(self.node_ids):
@@ -86,7 +88,10 @@ class FeatureGraph:
         """A networkx (Di)Graph with every node and edge attribute; graph attributes from ``meta``."""
         import networkx as nx
 
-        g = nx.DiGraph() if self.directed else nx.Graph()
+        if self.multigraph:
+            g = nx.MultiDiGraph() if self.directed else nx.MultiGraph()
+        else:
+            g = nx.DiGraph() if self.directed else nx.Graph()
         g.graph.update(self.meta)
         g.add_nodes_from((self.node_ids[i], {k: col[i] for k, col in self.node_attrs.items()}) for i in range(self.n_nodes))
         g.add_edges_from((e.pop("source"), e.pop("target"), e) for e in (self.edge(k) for k in range(self.n_edges)))
@@ -117,7 +122,7 @@ class FeatureGraph:
             np.array([index[u] for u, _, _ in edges], dtype=np.int64),
             np.array([index[v] for _, v, _ in edges], dtype=np.int64),
             {k: np.array([d.get(k) for _, _, d in edges]) for k in ekeys},
-            weight_key=weight_key, directed=g.is_directed(), meta=dict(g.graph),
+            weight_key=weight_key, directed=g.is_directed(), meta=dict(g.graph), multigraph=g.is_multigraph(),
         )
 
 
