@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .graph_cli import add_graph_parser
 
     add_graph_parser(sub)
+    from .interactions_cli import add_interactions_parser
+
+    add_interactions_parser(sub)
     return p
 
 
