@@ -76,10 +76,14 @@ def _context(rows, t: int, T: int, token_str, window: int) -> str:
     return f"{left}[{token_str(int(rows[row, pos]))}]{right}"
 
 
-def _mlp_scores(cc, model, rows, layer, progress):
+def _mlp_kind(site: str) -> str:
+    return "resid_mid" if site.endswith("hook_resid_mid") else "normalized"
+
+
+def _mlp_scores(cc, model, rows, layer, site, progress):
     from .mlp_interactions import mlp_interactions
 
-    res = mlp_interactions(cc, model, rows, layer, progress=progress)
+    res = mlp_interactions(cc, model, rows, layer, progress=progress, kind=_mlp_kind(site))
     return res.interaction.tocsr(), res
 
 
@@ -106,7 +110,7 @@ def _rank(args: argparse.Namespace) -> int:
     F = cc.cfg.n_features
     token_total = token_index = share_tok = None
     if kind == "mlp":
-        I, res = _mlp_scores(cc, data.model, rows, layer, not args.quiet)
+        I, res = _mlp_scores(cc, data.model, rows, layer, args.site, not args.quiet)
         token_total, token_index, share_tok = res.token_total, res.token_index, res.dominant_share_per_token
     elif kind == "qk":
         from .attention_interactions import qk_interactions
@@ -129,7 +133,12 @@ def _rank(args: argparse.Namespace) -> int:
     order = np.argsort(-C.data[off], kind="stable")[: args.top]
     pairs = np.c_[C.row[off][order], C.col[off][order]].astype(np.int64)
     scores = C.data[off][order]
-    contexts, both = _contexts(cc, data.model, rows, pairs, token_str) if len(pairs) else ([], [])
+    if kind == "mlp":  # both features act on the same token: show where they co-fire most
+        contexts, both = _contexts(cc, data.model, rows, pairs, token_str) if len(pairs) else ([], [])
+    else:  # query/key (or key/downstream) features sit at different positions: show each one's top context
+        ctx_a, _ = _contexts(cc, data.model, rows, np.c_[pairs[:, 0], pairs[:, 0]], token_str, n=1)
+        ctx_b, _ = _contexts(cc, data.model, rows, np.c_[pairs[:, 1], pairs[:, 1]], token_str, n=1)
+        contexts = [[f"source: {a[0]}" if a else "", f"target: {b[0]}" if b else ""] for a, b in zip(ctx_a, ctx_b)]
     share = {}
     if share_tok is not None:
         lookup = dict(zip(token_index.tolist(), share_tok.tolist()))
@@ -153,7 +162,7 @@ def _rank(args: argparse.Namespace) -> int:
             print(f"  {t['total']:>10.4g}  {t['context']!r}")
     report = {"site": args.site, "kind": kind, "layer": layer, "rows": int(rows.shape[0]), "pairs": records, "top_tokens": top_tokens}
     if args.check_pairs and kind == "mlp":
-        report["check"] = _check(cc, data.model, rows, layer, I, args.check_pairs, args.seed)
+        report["check"] = _check(cc, data.model, rows, layer, I, args.check_pairs, args.seed, _mlp_kind(args.site))
         print(f"empirical check: Spearman(analytic, Δ²) = {report['check']['spearman']:.3f} over {report['check']['n_pairs']} pairs")
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_file(args.out / "interactions.json") as tmp:
@@ -179,7 +188,7 @@ def _later(hookpoint: str, layer: int) -> bool:
     return m is not None and (int(m.group(1)) > layer or (int(m.group(1)) == layer and not m.group(2).startswith(("ln1", "hook_resid_pre"))))
 
 
-def _check(cc, model, rows, layer, I, n_pairs: int, seed: int) -> dict:
+def _check(cc, model, rows, layer, I, n_pairs: int, seed: int, kind: str) -> dict:
     """Δ² on n_pairs pairs (half the strongest, half drawn at random among the rest with a nonzero score)."""
     from .mlp_interactions import delta2_mlp, spearman
 
@@ -193,7 +202,7 @@ def _check(cc, model, rows, layer, I, n_pairs: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     pick = np.r_[top, rng.choice(rest, size=min(len(rest), n_pairs - len(top)), replace=False)] if len(rest) else top
     pairs = np.c_[r[pick], c[pick]]
-    d2 = delta2_mlp(model, cc, layer, rows, pairs)
+    d2 = delta2_mlp(model, cc, layer, rows, pairs, kind=kind)
     ok = np.isfinite(d2.delta2) & (d2.n_tokens > 0)
     return {"n_pairs": int(ok.sum()), "spearman": spearman(v[pick][ok], d2.delta2[ok]),
             "pairs": pairs[ok].tolist(), "analytic": v[pick][ok].tolist(), "delta2": d2.delta2[ok].tolist()}

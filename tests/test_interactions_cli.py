@@ -53,3 +53,10 @@ def test_bad_sites_are_one_clear_line(tmp_path, capsys, site_crosscoder):
     assert main([*args, "--site", "blocks.7.ln2.hook_normalized"]) == 2  # the model has 2 layers
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "x").exists()
+
+
+def test_resid_mid_site_needs_a_decoder_there(tmp_path, capsys, site_crosscoder):
+    """The site named is the site used: no silent fallback to the ln2 site the crosscoder does write."""
+    assert main(["interactions", "rank", "--crosscoder", str(site_crosscoder), "--site", "blocks.1.hook_resid_mid",
+                 "--size", "tiny", "--rows", "4", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "resid_mid" in capsys.readouterr().err
