@@ -179,6 +179,14 @@ def _rank(args: argparse.Namespace) -> int:
         write_json(graph, args.out / "graph.json")
         write_graphml(graph, args.out / "graph.graphml")
         write_html(graph, args.out / "graph.html", title=f"featgraph: {kind} interactions at {args.site}")
+    if args.merge_with is not None:
+        from .export import read_json
+        from .interaction_graph import merge_graphs
+
+        merged = merge_graphs(read_json(args.merge_with), graph)
+        write_json(merged, args.out / "merged.json")
+        write_graphml(merged, args.out / "merged.graphml")
+        print(f"merged with {args.merge_with}: {merged.n_nodes} nodes, {merged.n_edges} typed edges")
     print(f"wrote {args.out}/interactions.json, interactions.csv, graph.*")
     return 0
 
@@ -221,6 +229,8 @@ def add_interactions_parser(sub) -> None:
     r.add_argument("--show-tokens", dest="show_tokens", type=int, default=10)
     r.add_argument("--graph-top-k", dest="graph_top_k", type=int, default=5)
     r.add_argument("--check-pairs", dest="check_pairs", type=int, default=0, help="Δ² check on this many pairs (MLP sites)")
+    r.add_argument("--merge-with", dest="merge_with", type=Path, default=None,
+                   help="a co-activation graph.json to merge with into one typed multigraph (merged.json, merged.graphml)")
     r.add_argument("--model", default="embedded")
     r.add_argument("--size", choices=["default", "tiny"], default="default")
     r.add_argument("--rows", type=int, default=200)

@@ -32,6 +32,13 @@ def test_rank_mlp_with_check(tmp_path, capsys, site_crosscoder):
     assert [r["source"] for r in rows] == [p["source"] for p in report["pairs"]]
     graph = json.loads((out / "graph.json").read_text())
     assert graph["directed"] and {e["type"] for e in graph["links"]} == {"mlp"}
+    # merge with a co-activation graph of the same crosscoder: one multigraph, both edge types
+    assert main(["graph", "build", "--crosscoder", str(site_crosscoder), "--size", "tiny", "--rows", "20", "--min-cocount", "2",
+                 "--out", str(tmp_path / "co"), "--quiet"]) == 0
+    assert main(["interactions", "rank", "--crosscoder", str(site_crosscoder), "--site", "blocks.1.ln2.hook_normalized",
+                 "--size", "tiny", "--rows", "20", "--merge-with", str(tmp_path / "co" / "graph.json"), "--out", str(out), "--quiet"]) == 0
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["multigraph"] and {e["type"] for e in merged["links"]} == {"coactivation", "mlp"}
 
 
 @pytest.mark.parametrize("kind", ["qk", "ov"])
