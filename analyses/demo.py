@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from crosscoder.apply import check_compatible, feature_activations
+from crosscoder.apply import check_compatible
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
 from crosscoder.build import build_crosscoder
 from crosscoder.crosscoder import Crosscoder
@@ -26,11 +25,9 @@ from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
 from crosscoder.train import train_crosscoder
-from featgraph.coactivation import add_layer_profiles, add_top_contexts, coactivation_graph
-from featgraph.communities import leiden
 from featgraph.export import write_graphml, write_json
 from featgraph.html import write_html
-from featgraph.stats import CoactivationStats
+from featgraph.pipeline import crosscoder_graph
 
 from .data import EMBEDDED_SIZES, model_and_tokens
 
@@ -140,20 +137,12 @@ def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscod
 
 
 def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_NT: torch.Tensor):
-    """Stream feature activations over ``rows_NT`` into statistics; build, annotate and cluster the graph."""
-    stats = CoactivationStats(cc.cfg.n_features)
-    n_batches = -(-rows_NT.shape[0] // 32)
-    for chunk in tqdm(feature_activations(cc, model, rows_NT), total=n_batches, desc="graph stats", disable=not cfg.progress, leave=False):
-        stats.update(chunk.f_nF, chunk.token_index_n)
-    graph = coactivation_graph(stats, top_k=cfg.top_k, min_cocount=size.min_cocount)
-    graph.require_edges()
-    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.writes)
+    """Statistics → annotated co-activation graph with communities (see :func:`featgraph.pipeline.crosscoder_graph`)."""
     vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
-    add_top_contexts(graph, stats, rows_NT.numpy(), (lambda t: vocab[t]) if vocab else str)
-    comm = leiden(graph, seed=cfg.seed)
-    graph.set_node_attr("community", comm.membership.tolist())
-    graph.meta.update({"model": cfg.model, "modularity": comm.modularity, "n_communities": comm.n_communities, "seed": cfg.seed})
-    return graph, comm
+    graph, _ = crosscoder_graph(cc, model, rows_NT, (lambda t: vocab[t]) if vocab else str, top_k=cfg.top_k,
+                                min_cocount=size.min_cocount, seed=cfg.seed, progress=cfg.progress)
+    graph.meta["model"] = cfg.model
+    return graph, graph.meta
 
 
 def run_demo(cfg: DemoConfig) -> DemoSummary:
@@ -173,7 +162,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     eval_rows = val_rows[: size.eval_rows]
     metrics = evaluate(cc, model, eval_rows)
 
-    graph, comm = _feature_graph(cfg, size, cc, model, torch.cat([val_rows, train_rows])[: size.graph_rows])
+    graph, meta = _feature_graph(cfg, size, cc, model, torch.cat([val_rows, train_rows])[: size.graph_rows])
 
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}
@@ -188,7 +177,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         unigram_val_loss=report["unigram_val_loss"] if report else None,
         fvu_pooled=metrics.fvu_pooled, fvu_per_hookpoint=metrics.fvu_per_hookpoint, l0=metrics.l0,
         dead_fraction=metrics.dead_fraction, ce_loss_recovered=metrics.ce_loss_recovered, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
-        n_communities=comm.n_communities, modularity=comm.modularity, seconds=time.perf_counter() - t0, paths=paths,
+        n_communities=meta["n_communities"], modularity=meta["modularity"], seconds=time.perf_counter() - t0, paths=paths,
     )
     paths["summary"] = str(cfg.out / "summary.json")
     with atomic_file(cfg.out / "summary.json") as tmp:
