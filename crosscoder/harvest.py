@@ -17,6 +17,7 @@ from .errors import FeatgraphError
 
 __all__ = [
     "check_hookpoints",
+    "stop_at_layer",
     "harvest",
     "estimate_norm_scales",
     "ActivationBuffer",
@@ -38,7 +39,7 @@ def check_hookpoints(model: HookedTransformer, hookpoints: Sequence[str]) -> Non
         )
 
 
-def _stop_at_layer(model: HookedTransformer, hookpoints: Sequence[str]) -> int | None:
+def stop_at_layer(hookpoints: Sequence[str]) -> int | None:
     """Number of blocks the forward pass needs to reach every hookpoint (None = the whole model)."""
     last = -1
     for h in hookpoints:
@@ -66,7 +67,7 @@ def harvest(
     """
     check_hookpoints(model, hookpoints)
     device = device or model.cfg.device
-    stop = _stop_at_layer(model, hookpoints)
+    stop = stop_at_layer(hookpoints)
     names = set(hookpoints)
     for start in range(0, tokens_NT.shape[0], batch_size):
         batch_bT = tokens_NT[start : start + batch_size].to(model.cfg.device)

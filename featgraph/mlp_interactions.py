@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -52,6 +52,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from crosscoder.apply import check_compatible
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
+from crosscoder.harvest import stop_at_layer
 
 __all__ = [
     "SITE_KINDS",
@@ -70,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 SITE_KINDS = ("normalized", "resid_mid")
 _MLP_IN_RE = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid)$")
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 def _site_name(layer: int, kind: str) -> str:
@@ -338,19 +338,6 @@ class MLPInteractionAccumulator:
 
 
 # ---- streaming over a model -------------------------------------------------------------------------
-def _stop_at(hookpoints: Sequence[str]) -> int | None:
-    last = -1
-    for h in hookpoints:
-        m = _BLOCK_RE.match(h)
-        if m is None:
-            if h in ("hook_embed", "hook_pos_embed", "hook_tokens"):
-                continue
-            return None
-        last = max(last, int(m.group(1)))
-    return last + 1
-
-
-@torch.no_grad()
 def _site_batches(
     model: HookedTransformer, cc: Crosscoder, site: MLPSite, tokens_NT: torch.Tensor, batch_size: int, with_scale: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
@@ -359,7 +346,7 @@ def _site_batches(
     hooks = list(cc.cfg.all_hookpoints)
     scale_hook = f"blocks.{site.layer}.ln2.hook_scale"
     names = set(hooks) | ({scale_hook} if with_scale else set())
-    stop = _stop_at(list(names))
+    stop = stop_at_layer(list(names))
     T = tokens_NT.shape[1]
     D = cc.cfg.d_model
     for start in range(0, tokens_NT.shape[0], batch_size):
