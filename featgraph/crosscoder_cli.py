@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
 from crosscoder.errors import FeatgraphError
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "load_config_file"]
@@ -103,20 +103,10 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return d
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatgraphError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    return name
-
-
 def _data(run: RunConfig, progress: bool):
     from analyses.data import model_and_tokens
 
-    return model_and_tokens(run.model, run.size, run.seed, _device(run.device), progress)
+    return model_and_tokens(run.model, run.size, run.seed, resolve_device(run.device), progress)
 
 
 def _summary(title: str, cc, metrics, out: Path, seconds: float) -> str:
@@ -167,7 +157,7 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
     flags = _flags(args)
     run = _build(RunConfig, file.get("run", {}), flags)
     train_cfg = _build(TrainConfig, file.get("train", {}), flags)
-    device = _device(run.device)
+    device = resolve_device(run.device)
     rank, world = _init_distributed(device)
     data = _data(run, not args.quiet and rank == 0)
     ckpt = dict(checkpoint_dir=str(run.out) + ".ckpt", checkpoint_every=run.checkpoint_every, resume=run.resume)
@@ -201,7 +191,7 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
     if parent is None:
         train_crosscoder(cc, buf, train_cfg, progress=progress, **ckpt)
     else:
-        cc, _ = finetune_crosscoder(parent, buf, train_cfg, stage=args.stage, device=device, progress=progress, **ckpt)
+        cc, _ = finetune_crosscoder(parent, buf, train_cfg, stage=args.stage, device=device, cc=cc, progress=progress, **ckpt)
     if rank != 0:
         return 0  # rank 0 evaluates and saves; the weights are identical on every rank
     metrics = evaluate(cc, data.model, data.val_NT[: run.eval_rows])
@@ -218,7 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     run = RunConfig(model=args.model, size=args.size, seed=args.seed, device=args.device, eval_rows=args.rows)
     data = _data(run, not args.quiet)
-    cc = load_crosscoder(args.crosscoder, device=_device(run.device))
+    cc = load_crosscoder(args.crosscoder, device=resolve_device(run.device))
     check_compatible(cc, data.model, where=f"crosscoder {args.crosscoder}")
     metrics = evaluate(cc, data.model, data.val_NT[: run.eval_rows], splice=not args.no_splice)
     if args.json:

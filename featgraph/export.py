@@ -16,15 +16,14 @@ import numpy as np
 
 from crosscoder.io import atomic_file
 
-from .graph import FeatureGraph
+from .graph import FeatureGraph, _py
 
 __all__ = ["write_graphml", "read_graphml", "write_json", "read_json", "write_gexf", "read_gexf", "write_cytoscape", "write_csv",
            "FORMATS", "export_graph"]
 
 
 def _scalar(v):
-    if isinstance(v, np.generic):
-        v = v.item()
+    v = _py(v)
     if v is None:
         return ""
     if isinstance(v, (list, tuple, dict)):
@@ -128,40 +127,32 @@ def read_gexf(path: str | os.PathLike) -> FeatureGraph:
 
 def write_cytoscape(graph: FeatureGraph, path: str | os.PathLike) -> Path:
     """Cytoscape.js JSON (``elements: {nodes: [{data}], edges: [{data}]}``), readable by networkx.cytoscape_graph."""
-    nodes = [{"data": {**{k: _jsonable(v) for k, v in graph.node(i).items()}, "name": graph.node_ids[i], "value": graph.node_ids[i]}}
+    nodes = [{"data": {**{k: _py(v) for k, v in graph.node(i).items()}, "name": graph.node_ids[i], "value": graph.node_ids[i]}}
              for i in range(graph.n_nodes)]
-    edges = [{"data": {k: _jsonable(v) for k, v in graph.edge(e).items()}} for e in range(graph.n_edges)]
-    doc = {"data": {k: _jsonable(v) for k, v in graph.meta.items()}, "directed": graph.directed, "multigraph": graph.multigraph,
+    edges = [{"data": {k: _py(v) for k, v in graph.edge(e).items()}} for e in range(graph.n_edges)]
+    doc = {"data": {k: _py(v) for k, v in graph.meta.items()}, "directed": graph.directed, "multigraph": graph.multigraph,
            "elements": {"nodes": nodes, "edges": edges}}
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(doc), encoding="utf-8")
     return Path(path)
 
 
-def _jsonable(v):
-    return v.item() if isinstance(v, np.generic) else v
+def _write_rows(path: Path, header: list[str], rows) -> None:
+    import csv
+
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for row in rows:
+            w.writerow([_scalar(row[k]) for k in header])
 
 
 def write_csv(graph: FeatureGraph, folder: str | os.PathLike) -> Path:
     """``nodes.csv`` and ``edges.csv`` in ``folder`` (list and dict attributes as JSON strings)."""
-    import csv
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    node_keys = ["id", *graph.node_attrs]
-    with atomic_file(folder / "nodes.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(node_keys)
-        for i in range(graph.n_nodes):
-            node = graph.node(i)
-            w.writerow([_scalar(node[k]) for k in node_keys])
-    edge_keys = ["source", "target", *graph.edge_attrs]
-    with atomic_file(folder / "edges.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(edge_keys)
-        for e in range(graph.n_edges):
-            edge = graph.edge(e)
-            w.writerow([_scalar(edge[k]) for k in edge_keys])
+    _write_rows(folder / "nodes.csv", ["id", *graph.node_attrs], (graph.node(i) for i in range(graph.n_nodes)))
+    _write_rows(folder / "edges.csv", ["source", "target", *graph.edge_attrs], (graph.edge(e) for e in range(graph.n_edges)))
     return folder
 
 

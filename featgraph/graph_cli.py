@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
 __all__ = ["add_graph_parser"]
@@ -35,12 +36,6 @@ def _load_any_crosscoder(path: Path, device: str):
     from crosscoder.saelens import load_saelens
 
     return load_saelens(path, device=device)
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _write_graph(graph, out: Path, title: str) -> list[Path]:
@@ -73,11 +68,12 @@ def _build(args: argparse.Namespace) -> int:
     from .coactivation import add_layer_profiles, add_top_contexts, coactivation_graph
     from .communities import leiden
     from .crosslayer import stack_graph
+    from .pipeline import token_decoder
     from .stats import save_stats
 
     if args.out.exists() and not args.out.is_dir():
         raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     ccs = [_load_any_crosscoder(p, device) for p in args.crosscoder]
     data = model_and_tokens(args.model, args.size, args.seed, device, not args.quiet)
     rows = torch.cat([data.val_NT, data.train_NT])[: args.rows]
@@ -95,9 +91,7 @@ def _build(args: argparse.Namespace) -> int:
         graph.require_edges()
         graph.meta["hookpoints"] = [cc.cfg.writes[0] for cc in ccs]
         graph.set_node_attr("peak_hookpoint", [graph.meta["hookpoints"][l] for l in graph.node_attrs["layer"]])
-    tok = data.model.tokenizer
-    vocab = [tok.decode([i]) for i in range(data.model.cfg.d_vocab)] if tok is not None else None
-    add_top_contexts(graph, stats, rows.numpy(), (lambda t: vocab[t]) if vocab else str)
+    add_top_contexts(graph, stats, rows.numpy(), token_decoder(data.model))
     comm = leiden(graph, seed=args.seed)
     graph.set_node_attr("community", comm.membership.tolist())
     graph.meta.update({"model": args.model, "crosscoders": [str(p) for p in args.crosscoder], "modularity": comm.modularity,
@@ -177,7 +171,7 @@ def _prompt(args: argparse.Namespace) -> int:
     from .crosslayer import active_features, prompt_graph
     from .export import read_json
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     graph = read_json(Path(args.graph_dir) / "graph.json")
     ccs = [_load_any_crosscoder(Path(p), device) for p in graph.meta["crosscoders"]]
     data = model_and_tokens(graph.meta.get("model", "embedded"), args.size, args.seed, device, not args.quiet)

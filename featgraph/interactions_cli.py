@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
 __all__ = ["add_interactions_parser", "site_kind"]
@@ -94,19 +95,18 @@ def _rank(args: argparse.Namespace) -> int:
     from .export import write_graphml, write_json
     from .html import write_html
     from .interaction_graph import interaction_graph
+    from .pipeline import token_decoder
 
     kind, layer = site_kind(args.site, args.kind)
     if args.out.exists() and not args.out.is_dir():
         raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     from .graph_cli import _load_any_crosscoder
 
     cc = _load_any_crosscoder(args.crosscoder, device)
     data = model_and_tokens(args.model, args.size, args.seed, device, not args.quiet)
     rows = torch.cat([data.val_NT, data.train_NT])[: args.rows]
-    tok = data.model.tokenizer
-    vocab = [tok.decode([i]) for i in range(data.model.cfg.d_vocab)] if tok is not None else None
-    token_str = (lambda t: vocab[t]) if vocab else str
+    token_str = token_decoder(data.model)
     F = cc.cfg.n_features
     token_total = token_index = share_tok = None
     if kind == "mlp":

@@ -15,7 +15,15 @@ from .communities import leiden
 from .graph import FeatureGraph
 from .stats import CoactivationStats
 
-__all__ = ["crosscoder_graph"]
+__all__ = ["crosscoder_graph", "token_decoder"]
+
+
+def token_decoder(model) -> Callable[[int], str]:
+    """Token id → its text, decoded once for the whole vocabulary (``str`` of the id without a tokenizer)."""
+    if model.tokenizer is None:
+        return str
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
+    return vocab.__getitem__
 
 
 def crosscoder_graph(
