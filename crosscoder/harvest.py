@@ -1,5 +1,9 @@
 """Activation harvesting: run a TransformerLens model on token rows and collect hookpoint activations.
 
+The model is a ``HookedTransformer`` or a ``TransformerBridge`` in compatibility mode (see
+:func:`crosscoder.model_loading.load_model`): both have ``hook_dict`` and ``run_with_cache(names_filter=...,
+stop_at_layer=...)`` with the same hookpoint names.
+
 Token rows are ``(N, T)`` with a BOS token at position 0; BOS positions are dropped (their residual stream is
 an outlier with a huge norm that would dominate any dictionary). The forward pass stops after the last
 block a hookpoint needs. A shuffled :class:`ActivationBuffer` turns the stream into training batches.
@@ -82,6 +86,7 @@ def harvest(
     for start in range(0, tokens_NT.shape[0], batch_size):
         batch_bT = tokens_NT[start : start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch_bT, names_filter=lambda n: n in names, stop_at_layer=stop)
+        _check_fired(hookpoints, set(cache.keys()))
         acts = [cache[h][:, 1:] for h in hookpoints]  # drop BOS: (b, T-1, D) each
         widths = {a.shape[-1] for a in acts}
         if len(widths) != 1 or acts[0].dim() != 3:
@@ -92,6 +97,17 @@ def harvest(
         if not torch.isfinite(acts_BLD).all():
             raise FeatgraphError(f"the model produced NaN/inf activations at {list(hookpoints)}; check the model weights and dtype (try float32)")
         yield acts_BLD.to(device)
+
+
+def _check_fired(hookpoints: Sequence[str], cached: set[str]) -> None:
+    """Raise one line for a hookpoint the model has but did not run (TransformerLens gates some, e.g. hook_mlp_in)."""
+    silent = [h for h in hookpoints if h not in cached]
+    if silent:
+        raise FeatgraphError(
+            f"hookpoint {silent[0]!r} did not fire in the forward pass: TransformerLens computes it only when switched on "
+            f"(set_use_hook_mlp_in, set_use_attn_in, set_use_split_qkv_input, set_use_attn_result); pick one that always "
+            f"fires, such as blocks.N.hook_resid_mid or blocks.N.ln2.hook_normalized"
+        )
 
 
 @torch.no_grad()

@@ -2,7 +2,12 @@
 
 Nothing is pickled. The normalisation scales travel in the safetensors file, so a loaded crosscoder works on
 raw activations. Writes go to a temporary sibling folder that is renamed into place, so an interrupted save
-never leaves a half-written crosscoder behind.
+never leaves a half-written crosscoder behind. A loaded crosscoder is in eval mode, so it encodes at inference
+(BatchTopK: its learned threshold, a token's features independent of its batch-mates); training puts it back in
+training mode (:func:`crosscoder.train.train_crosscoder`).
+
+This module reads and writes the format; the crosscoder classes know nothing of files (one import direction:
+io → build → architectures).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CrosscoderConfig
 from .build import build_crosscoder
+from .config import CrosscoderConfig
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 
@@ -127,7 +132,7 @@ def read_crosscoder_meta(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Crosscoder:
-    """Load a crosscoder saved by :func:`save_crosscoder`, checking that weights match the config."""
+    """Load a crosscoder saved by :func:`save_crosscoder`, checking that weights match the config; in eval mode."""
     folder = Path(folder)
     meta = read_crosscoder_meta(folder)
     cc = build_crosscoder(CrosscoderConfig.from_dict(meta["config"]))
@@ -142,4 +147,4 @@ def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu
         raise FeatgraphError(f"crosscoder weights {weights_path} contain NaN or inf; the run that wrote them diverged — re-train with a lower lr")
     cc.load_state_dict(state)
     cc.lineage = list(meta.get("lineage", []))
-    return cc.to(device)
+    return cc.eval().to(device)

@@ -10,21 +10,37 @@ Reconstruction, streamed over batches (:func:`reconstruction_metrics`):
   tokens), shrinkage mean ‖x̂‖/‖x‖ per hookpoint, and latent scaling per feature (Minder et al. 2025):
   β_i = d_iᵀ(Σ_j f_ij x_j) / (‖d_i‖² Σ_j f_ij²), d_i the flattened decoder vector, x_j the target minus b_dec.
 
-Splice-in (:func:`splice_metrics`), at each written hookpoint l, with the model's forward pass patched there
-(BOS positions left clean): CE loss recovered = (CE_zero − CE_splice) / (CE_zero − CE_clean), and the KL divergence
-KL(clean ‖ spliced) of the next-token distributions, in nats per token.
+Splice-in (:func:`splice_metrics`), at each written hookpoint l, with the model's forward pass patched there:
+CE loss recovered = (CE_zero − CE_splice) / (CE_zero − CE_clean), and the KL divergence KL(clean ‖ spliced) of the
+next-token distributions, in nats per token. Two conventions for which positions are patched, zeroed and scored
+(``splice_convention``; the one used is recorded in :class:`CrosscoderMetrics`):
+
+* ``saelens`` (default; SAELens ``evals.get_recons_loss`` with ``exclude_special_tokens=True``, which SAEBench's
+  numbers follow): the zero-ablation baseline zeroes the *whole* tensor at the hookpoint, BOS included (as
+  ckkissane's crosscoder replication does too); the reconstruction replaces every position except special tokens
+  (BOS at position 0, and any token id of the tokenizer's bos/eos/pad/sep/decoder_start); CE is averaged over the
+  predictions made *from* non-special positions, KL over the non-special positions, both pooled over all tokens.
+* ``keep_bos`` (featgraph's earlier baseline): BOS at position 0 is never touched — the reconstruction replaces and
+  the zero-ablation zeroes positions 1…T−1 — and CE and KL are averaged over all T−1 next-token predictions,
+  including the one made from BOS (pooled over all tokens).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, Literal, Sequence
 
 import torch
 
 from .crosscoder import Crosscoder
+from .errors import FeatgraphError
+from .model_loading import require_patchable
 
-__all__ = ["CrosscoderMetrics", "evaluate", "reconstruction_metrics", "splice_metrics"]
+__all__ = ["CrosscoderMetrics", "SPLICE_CONVENTIONS", "SpliceConvention", "evaluate", "reconstruction_metrics", "splice_metrics"]
+
+SpliceConvention = Literal["saelens", "keep_bos"]
+SPLICE_CONVENTIONS = ("saelens", "keep_bos")
+_SPECIAL_TOKEN_ATTRS = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")  # as SAELens
 
 
 @dataclass
@@ -55,6 +71,9 @@ class CrosscoderMetrics:
     ce_clean: float | None = None
     ce_spliced: list[float] = field(default_factory=list)
     ce_zero_ablated: list[float] = field(default_factory=list)
+    splice_convention: str | None = None
+    """Positions patched, zeroed and scored by the splice-in numbers: ``saelens`` (the whole tensor zeroed, BOS
+    included; special-token positions left out) or ``keep_bos`` (BOS never touched); None when not computed."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,64 +130,117 @@ def reconstruction_metrics(
     )
 
 
-def _ce_and_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> tuple[float, torch.Tensor]:
-    logp_BTV = logits_BTV[:, :-1].float().log_softmax(dim=-1)
-    ce = -logp_BTV.gather(-1, tokens_BT[:, 1:, None]).mean().item()
-    return ce, logp_BTV
+def _special_token_ids(model, special_token_ids: Sequence[int] | None) -> list[int]:
+    """The ids whose positions SAELens leaves out: given, or the tokenizer's bos/eos/pad/sep/decoder_start."""
+    if special_token_ids is not None:
+        return [int(t) for t in special_token_ids]
+    tok = getattr(model, "tokenizer", None)
+    ids = {getattr(tok, attr, None) for attr in _SPECIAL_TOKEN_ATTRS} if tok is not None else set()
+    return sorted(int(t) for t in ids if t is not None)
+
+
+def _scored_positions(tok_BT: torch.Tensor, convention: str, special_ids: list[int]) -> torch.Tensor:
+    """(B, T) True where the reconstruction replaces the activation and where CE / KL are read."""
+    keep_BT = torch.ones_like(tok_BT, dtype=torch.bool)
+    keep_BT[:, 0] = False  # BOS: featgraph's rows start with it, and the crosscoder never saw it
+    if convention == "saelens" and special_ids:
+        keep_BT &= ~torch.isin(tok_BT, torch.tensor(special_ids, device=tok_BT.device))
+    return keep_BT
 
 
 @torch.no_grad()
-def splice_metrics(cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 16) -> dict[str, list[float] | float]:
-    """Splice-in CE loss recovered and KL at every written hookpoint, averaged over batches of token rows."""
+def splice_metrics(
+    cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 16, convention: SpliceConvention = "saelens",
+    special_token_ids: Sequence[int] | None = None,
+) -> dict[str, list[float] | float | str]:
+    """Splice-in CE (clean, spliced, zero-ablated), CE loss recovered and KL(clean ‖ spliced) at every written
+    hookpoint, as per-token means pooled over ``tokens_NT`` (BOS at position 0).
+
+    ``convention`` picks the positions (module docstring): ``saelens`` (default) or ``keep_bos``.
+    ``special_token_ids`` overrides the tokenizer's special tokens that ``saelens`` leaves out.
+    """
     from .harvest import harvest
 
+    if convention not in SPLICE_CONVENTIONS:
+        raise FeatgraphError(f"splice convention must be one of {list(SPLICE_CONVENTIONS)}, got {convention!r}")
     writes, dev = cc.cfg.writes, model.cfg.device
-    sums = {"clean": 0.0, "splice": [0.0] * len(writes), "zero": [0.0] * len(writes), "kl": [0.0] * len(writes)}
-    n_batches = 0
+    require_patchable(model, writes, "splice-in metrics")
+    special_ids = _special_token_ids(model, special_token_ids)
+    ce_clean, n_ce, n_kl = 0.0, 0, 0  # pooled sums over tokens (float64) and their counts
+    ce_splice_L, ce_zero_L, kl_L = [0.0] * len(writes), [0.0] * len(writes), [0.0] * len(writes)
     for start in range(0, tokens_NT.shape[0], batch_size):
         tok_BT = tokens_NT[start : start + batch_size].to(dev)
         B, T = tok_BT.shape
         acts_BLD = next(harvest(model, tok_BT, cc.cfg.all_hookpoints, batch_size=B, device=cc.device))
         x_hat_BTLD = cc(acts_BLD).view(B, T - 1, len(writes), -1)
-        ce_clean, logp_clean = _ce_and_logprobs(model(tok_BT), tok_BT)
-        sums["clean"] += ce_clean
+        keep_BT = _scored_positions(tok_BT, convention, special_ids)
+        # CE of the prediction made from position t (of token t+1, t < T−1); KL of the distribution at position t
+        if convention == "saelens":
+            ce_mask_Bt, kl_mask_BT = keep_BT[:, :-1], keep_BT
+        else:  # every next-token prediction, the one made from BOS included
+            ce_mask_Bt = torch.ones_like(keep_BT[:, :-1])
+            kl_mask_BT = torch.cat([ce_mask_Bt, torch.zeros_like(keep_BT[:, :1])], dim=1)
+        logp_clean_BTV = model(tok_BT).float().log_softmax(-1)
+        ce_clean += _token_ce(logp_clean_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+        n_ce, n_kl = n_ce + int(ce_mask_Bt.sum()), n_kl + int(kl_mask_BT.sum())
         for l, name in enumerate(writes):
-            for kind in ("splice", "zero"):
-                patch = x_hat_BTLD[:, :, l].to(dev) if kind == "splice" else None
-
-                def fn(act, hook=None, patch=patch):
-                    act = act.clone()
-                    act[:, 1:] = patch.to(act.dtype) if patch is not None else 0.0
-                    return act
-
-                logits = model.run_with_hooks(tok_BT, fwd_hooks=[(name, fn)])
-                ce, logp = _ce_and_logprobs(logits, tok_BT)
-                sums[kind][l] += ce
-                if kind == "splice":
-                    sums["kl"][l] += (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean().item()
-        n_batches += 1
-    mean = lambda v: [x / n_batches for x in v]  # noqa: E731
-    clean, splice, zero = sums["clean"] / n_batches, mean(sums["splice"]), mean(sums["zero"])
+            splice_hook = _splice_hook(x_hat_BTLD[:, :, l].to(dev), keep_BT)
+            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(name, splice_hook)]).float().log_softmax(-1)
+            ce_splice_L[l] += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+            kl_BT = (logp_clean_BTV.exp() * (logp_clean_BTV - logp_BTV)).sum(-1)
+            kl_L[l] += kl_BT[kl_mask_BT].double().sum().item()
+            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(name, _zero_hook(convention))]).float().log_softmax(-1)
+            ce_zero_L[l] += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+    n_ce, n_kl = max(n_ce, 1), max(n_kl, 1)
+    clean = ce_clean / n_ce
+    splice, zero = [v / n_ce for v in ce_splice_L], [v / n_ce for v in ce_zero_L]
     recovered = [(z - s) / (z - clean) if abs(z - clean) > 1e-9 else float("nan") for s, z in zip(splice, zero)]
-    return {"ce_clean": clean, "ce_spliced": splice, "ce_zero_ablated": zero, "ce_loss_recovered": recovered, "kl_per_hookpoint": mean(sums["kl"])}
+    return {"ce_clean": clean, "ce_spliced": splice, "ce_zero_ablated": zero, "ce_loss_recovered": recovered,
+            "kl_per_hookpoint": [v / n_kl for v in kl_L], "splice_convention": convention}
+
+
+def _token_ce(logp_BTV: torch.Tensor, tok_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T−1) −log p(token t+1 | ≤ t)."""
+    return -logp_BTV[:, :-1].gather(-1, tok_BT[:, 1:, None])[..., 0]
+
+
+def _splice_hook(x_hat_BtD: torch.Tensor, keep_BT: torch.Tensor):
+    """Replace the activation by the reconstruction at the scored positions (x̂ covers positions 1…T−1)."""
+    def hook(act, hook=None):
+        act = act.clone()
+        act[:, 1:] = torch.where(keep_BT[:, 1:, None], x_hat_BtD.to(act.dtype), act[:, 1:])
+        return act
+
+    return hook
+
+
+def _zero_hook(convention: str):
+    def hook(act, hook=None):
+        if convention == "saelens":
+            return torch.zeros_like(act)
+        act = act.clone()
+        act[:, 1:] = 0.0
+        return act
+
+    return hook
 
 
 @torch.no_grad()
 def evaluate(
-    cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 32, splice: bool = True, dense_above: float = 0.1
+    cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 32, splice: bool = True, dense_above: float = 0.1,
+    splice_convention: SpliceConvention = "saelens",
 ) -> CrosscoderMetrics:
-    """Every metric of ``cc`` on the token rows ``tokens_NT`` (BOS at position 0) of ``model``."""
+    """Every metric of ``cc`` on the token rows ``tokens_NT`` (BOS at position 0) of ``model``; the splice-in
+    numbers follow ``splice_convention`` (module docstring), recorded in the result."""
     from .harvest import harvest
 
     if cc.cfg.models:
-        from .errors import FeatgraphError
-
         raise FeatgraphError(f"this crosscoder reads the models {cc.cfg.models}; evaluate it with crosscoder.model_diff.model_reconstruction_metrics and every model")
     was_training = cc.training
     cc.eval()
     m = reconstruction_metrics(cc, harvest(model, tokens_NT, cc.cfg.all_hookpoints, batch_size, device=cc.device), dense_above=dense_above)
     if splice:
-        for k, v in splice_metrics(cc, model, tokens_NT, batch_size=max(1, batch_size // 2)).items():
+        for k, v in splice_metrics(cc, model, tokens_NT, batch_size=max(1, batch_size // 2), convention=splice_convention).items():
             setattr(m, k, v)
     cc.train(was_training)
     return m

@@ -19,18 +19,12 @@ Export (:func:`save_saelens`), with ``apply_b_dec_to_input = False`` and ``norma
     W_enc_sae = s · W_enc[0]      (d_in, d_sae)       b_enc_sae = b_enc
     W_dec_sae = W_dec[:, 0] / s   (d_sae, d_in)       b_dec_sae = b_dec[0] / s
 
-so ``pre`` and f are identical and x̂ is returned in raw units. Architectures:
-
-- ``relu`` → SAELens ``standard`` (ReLU).
-- ``jumprelu`` → SAELens ``jumprelu`` with ``threshold = exp(log_threshold_F)``: it applies to ``pre``, which
-  the fold leaves unchanged. (SAELens: ``relu(pre)·1[pre > t]``; featgraph: ``pre·1[pre > t]``; equal for t > 0.)
-- ``batchtopk`` → SAELens ``jumprelu``, exactly as SAELens itself saves its own BatchTopK SAEs for inference.
-  featgraph fires latent i when ``relu(pre_i)·n_i > θ`` with n_i = ‖W_dec[i, 0]‖ (normalised space) and θ ≥ 0,
-  which is ``pre_i > θ / n_i``: ``threshold_i = θ / n_i`` (a latent with n_i = 0 never fires: threshold_i =
-  float32 max). This is the *inference* rule (eval mode); the batch-level top-k of training has no SAELens
-  inference form. A batchtopk crosscoder whose threshold is not learned yet (θ < 0) is refused.
-
-The folder's ``metadata.featgraph`` records the featgraph config, s, θ and the lineage, so that
+so ``pre`` and f are identical and x̂ is returned in raw units. Each architecture adds its own tensors (they act on
+``pre``, which the fold leaves unchanged) and says which SAELens architecture it becomes
+(:meth:`~crosscoder.crosscoder.Crosscoder.saelens_export`, ``saelens_architecture``): relu → SAELens ``standard``,
+jumprelu → ``jumprelu`` (threshold = exp(log_threshold_F)), batchtopk → ``jumprelu`` with threshold_i = θ / ‖W_dec_i‖,
+its inference rule (eval mode), as SAELens itself saves its BatchTopK SAEs. The folder's ``metadata.featgraph``
+records the featgraph config, s, the lineage and the architecture's extras (batchtopk: θ), so that
 :func:`load_saelens` gives back the same crosscoder (same config, ``norm_scale_L``, architecture and numbers).
 
 Import (:func:`load_saelens`), for a folder written by SAELens's ``save_model`` / ``save_inference_model``
@@ -41,29 +35,14 @@ Import (:func:`load_saelens`), for a folder written by SAELens's ``save_model`` 
 
 hookpoints = [``metadata.hook_name``], d_model = d_in, n_features = d_sae, model_name = ``metadata.model_name``
 (for a featgraph-written folder, s and the config come back from ``metadata.featgraph``: W_enc /= s, W_dec and
-b_dec *= s). Architectures:
-
-- ``standard`` → ``relu``.
-- ``jumprelu`` → ``jumprelu`` with ``log_threshold = log(max(threshold, float32 tiny))``. A threshold ≤ 0 acts in
-  SAELens as plain ReLU; featgraph's threshold is exp(·) > 0, so it becomes 1.2e-38: activations in
-  (0, 1.2e-38] are dropped (beyond float rounding, one of two places the mapping is not exact).
-  When the metadata says the SAE was trained as BatchTopK (featgraph's ``metadata.featgraph`` or SAELens's
-  ``metadata.training_architecture``) and ``threshold_i · ‖W_dec_i‖`` is one constant θ for every latent (rel.
-  tol. 1e-5; latents with zero decoder norm must have a never-firing threshold), it becomes ``batchtopk`` with
-  that θ, which fires on the same tokens except where pre_i lies within that tolerance of threshold_i (the other
-  place). SAELens's BatchTopK inference form (``rescale_acts_by_decoder_norm``: unit-norm decoder, one
-  threshold) is such a case; otherwise it stays ``jumprelu``, which is exact.
-- ``batchtopk`` (SAELens's training checkpoint: ``topk_threshold``, ``k``, ``rescale_acts_by_decoder_norm``):
-  with ``rescale_acts_by_decoder_norm`` (SAELens's default) SAELens ranks and thresholds ``relu(pre_i)·n_i`` —
-  featgraph's score. Its feature activations are ``relu(pre_i)·n_i`` and its decoder divides by n_i, so the
-  norms are folded into the encoder (``W_enc_i, b_enc_i *= n_i``, ``W_dec_i /= n_i``, n clamped at 1e-8 like
-  SAELens) and it becomes ``batchtopk`` with θ = ``topk_threshold`` and k = round(k): the same numbers in
-  eval mode (threshold) and in training mode (top k·B of the batch). Without the rescale SAELens ranks
-  ``relu(pre_i)`` alone, which no featgraph batchtopk can do (its score is invariant under rescaling a latent),
-  so it becomes ``jumprelu`` with every threshold = ``topk_threshold`` — SAELens's own inference form of it.
-- anything else (``topk``: per-token top-k; ``gated``, ``abstopk``, transcoders, ...) is refused, as are
-  run-time input normalisation (``normalize_activations`` other than ``none``), ``hook_z`` reshaping and
-  per-head SAEs (``hook_head_index``).
+b_dec *= s). Which featgraph architecture it becomes is the architectures' call: every registered one that lists the
+SAELens architecture in ``saelens_imports`` is asked (:meth:`~crosscoder.crosscoder.Crosscoder.from_saelens`),
+highest ``saelens_precedence`` first, and the first exact form wins. Built in: ``standard`` → relu; ``jumprelu`` →
+batchtopk when it was trained as BatchTopK with one score threshold θ, else jumprelu; ``batchtopk`` (SAELens's
+training checkpoint) → batchtopk with ``rescale_acts_by_decoder_norm``, else jumprelu (the architecture modules
+give the details and where the mapping is not exact). Anything else (``topk``: per-token top-k; ``gated``,
+``abstopk``, transcoders, ...) is refused, as are run-time input normalisation (``normalize_activations`` other
+than ``none``), ``hook_z`` reshaping and per-head SAEs (``hook_head_index``).
 
 The crosscoder comes back in eval mode (for batchtopk that selects the threshold rule), with
 ``tokens_since_fired_F`` at zero. Usage::
@@ -83,9 +62,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from .architectures import ARCHITECTURES
 from .build import build_crosscoder
 from .config import CrosscoderConfig
-from .crosscoder import Crosscoder
+from .crosscoder import Crosscoder, SAELensImport, SAELensSAE
 from .errors import FeatgraphError
 from .io import atomic_dir, load_json_file, load_safetensors_file
 
@@ -97,13 +77,11 @@ SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_FORMAT_VERSION = "6.0.0"
 FEATGRAPH_META = "featgraph"
 FEATGRAPH_META_FORMAT = "featgraph.saelens"
-SUPPORTED = "standard (ReLU), jumprelu, batchtopk"
-NEVER = torch.finfo(torch.float32).max  # threshold of a latent that can never fire
-TINY = torch.finfo(torch.float32).tiny  # smallest threshold featgraph's log-parametrised JumpReLU holds
-REL_TOL = 1e-5
-
-_EXPORT_ARCH = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
-_EXTRA_WEIGHTS = {"standard": {}, "jumprelu": {"threshold": "F"}, "batchtopk": {"topk_threshold": ""}}
+# SAELens architectures featgraph cannot hold, with the reason (the rest get the generic message).
+_WHY_NOT = {
+    "topk": "keeps the top k latents of each token, which featgraph cannot represent (its batchtopk keeps k·B per "
+            "batch, or thresholds at inference)",
+}
 
 
 # ---- export ------------------------------------------------------------------------------------------------
@@ -115,8 +93,8 @@ def save_saelens(cc: Crosscoder, folder: str | os.PathLike) -> Path:
     Parameters
     ----------
     cc : Crosscoder
-        A crosscoder reading and writing one hookpoint (a per-layer SAE) of architecture relu, jumprelu or
-        batchtopk (with a learned threshold).
+        A crosscoder reading and writing one hookpoint (a per-layer SAE) of an architecture with a SAELens form
+        (built in: relu, jumprelu, batchtopk with a learned threshold).
     folder : str or os.PathLike
         Destination; replaced whole, atomically.
 
@@ -128,13 +106,15 @@ def save_saelens(cc: Crosscoder, folder: str | os.PathLike) -> Path:
     Raises
     ------
     FeatgraphError
-        If the crosscoder has several hookpoints, is a transcoder, has no learned batchtopk threshold, or has
-        non-finite weights.
+        If the crosscoder has several hookpoints, is a transcoder, has an architecture without a SAELens form or
+        cannot be exported yet (batchtopk without a learned threshold), or has non-finite weights.
     """
     sae_arch = _check_exportable(cc)
+    extra_tensors, extra_meta = cc.saelens_export()
     scale = float(cc.norm_scale_L[0])
-    tensors = _export_tensors(cc, scale)
-    cfg = _export_cfg(cc, sae_arch, scale)
+    _check_finite(cc, scale)
+    tensors = {**_export_tensors(cc, scale), **{k: v.detach().to("cpu", torch.float32).contiguous() for k, v in extra_tensors.items()}}
+    cfg = _export_cfg(cc, sae_arch, scale, extra_meta)
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / SAELENS_WEIGHTS_FILE))
         (tmp / SAELENS_CFG_FILE).write_text(json.dumps(cfg, indent=2))
@@ -156,42 +136,31 @@ def _check_exportable(cc: Crosscoder) -> str:
             f"this crosscoder is a transcoder (reads {cfg.hookpoints[0]}, writes {', '.join(cfg.writes)}); "
             "SAELens export takes SAEs only — save it with featgraph's own format (save_crosscoder)"
         )
-    if cfg.architecture not in _EXPORT_ARCH:
-        raise FeatgraphError(f"cannot export architecture {cfg.architecture!r} to SAELens; supported: relu, jumprelu, batchtopk")
-    if cfg.architecture == "batchtopk" and float(cc.threshold) < 0:
-        raise FeatgraphError(
-            "this batchtopk crosscoder has no learned inference threshold yet (threshold < 0), and SAELens has no "
-            "batch-level top-k at inference — train it (the threshold is learned during training) before exporting"
-        )
-    scale = float(cc.norm_scale_L[0])
+    sae_arch = type(cc).saelens_architecture
+    if sae_arch is None:
+        exportable = ", ".join(name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture) or "none"
+        raise FeatgraphError(f"cannot export architecture {cfg.architecture!r} to SAELens; supported: {exportable}")
+    return sae_arch
+
+
+def _check_finite(cc: Crosscoder, scale: float) -> None:
     if not (math.isfinite(scale) and scale > 0):
         raise FeatgraphError(f"norm_scale_L[0] is {scale}, not a positive number; re-estimate the normalisation before exporting")
     if not all(torch.isfinite(p).all() for p in cc.parameters()):
         raise FeatgraphError("the crosscoder's weights contain NaN or inf; re-train it before exporting")
-    return _EXPORT_ARCH[cfg.architecture]
 
 
 @torch.no_grad()
 def _export_tensors(cc: Crosscoder, scale: float) -> dict[str, torch.Tensor]:
-    """SAELens weights of ``cc`` with the normalisation scale folded in, float32 on the CPU."""
+    """SAELens W_enc, b_enc, W_dec, b_dec of ``cc`` with the normalisation scale folded in, float32 on the CPU."""
     f32 = {"device": "cpu", "dtype": torch.float32}
     W_enc = cc.W_enc_LDF[0].to(**f32) * scale
     W_dec = cc.W_dec_FLD[:, 0].to(**f32) / scale
     tensors = {"W_enc": W_enc, "b_enc": cc.b_enc_F.to(**f32), "W_dec": W_dec, "b_dec": cc.b_dec_LD[0].to(**f32) / scale}
-    if cc.cfg.architecture == "jumprelu":
-        tensors["threshold"] = cc.log_threshold_F.exp().to(**f32)
-    elif cc.cfg.architecture == "batchtopk":
-        tensors["threshold"] = _batchtopk_thresholds(float(cc.threshold), cc.decoder_norms().sum(dim=1).to(**f32))
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
-def _batchtopk_thresholds(theta: float, norms_F: torch.Tensor) -> torch.Tensor:
-    """Per-latent thresholds on pre equivalent to ``relu(pre)·norm > θ`` (θ ≥ 0): θ / norm, never firing at norm 0."""
-    t_F = torch.where(norms_F > 0, theta / norms_F.clamp_min(TINY), torch.full_like(norms_F, NEVER))
-    return t_F.clamp(max=NEVER)
-
-
-def _export_cfg(cc: Crosscoder, sae_arch: str, scale: float) -> dict[str, Any]:
+def _export_cfg(cc: Crosscoder, sae_arch: str, scale: float, extra_meta: dict[str, Any]) -> dict[str, Any]:
     """The SAELens cfg.json of ``cc``, with featgraph's own config in ``metadata.featgraph``."""
     featgraph = {
         "format": FEATGRAPH_META_FORMAT,
@@ -200,9 +169,8 @@ def _export_cfg(cc: Crosscoder, sae_arch: str, scale: float) -> dict[str, Any]:
         "config": cc.cfg.to_dict(),
         "norm_scale": scale,
         "lineage": list(getattr(cc, "lineage", [])),
+        **extra_meta,
     }
-    if cc.cfg.architecture == "batchtopk":
-        featgraph["threshold"] = float(cc.threshold)
     metadata: dict[str, Any] = {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None}
     if cc.cfg.model_name:
         metadata["model_name"] = cc.cfg.model_name
@@ -238,7 +206,7 @@ def load_saelens(folder: str | os.PathLike, device: str | torch.device = "cpu", 
     Returns
     -------
     Crosscoder
-        In eval mode: ``relu`` (SAELens standard), ``jumprelu`` or ``batchtopk``; see the module docstring.
+        In eval mode, of the first architecture that holds the SAE exactly (module docstring).
 
     Raises
     ------
@@ -248,10 +216,19 @@ def load_saelens(folder: str | os.PathLike, device: str | torch.device = "cpu", 
     """
     folder = Path(folder)
     sae_cfg = _read_cfg(folder)
-    arch, hook = _check_importable(folder, sae_cfg, hookpoint)
-    fg_arch, w, theta, scale = _featgraph_weights(sae_cfg, arch, _read_weights(folder, sae_cfg, arch))
-    cc = _build(_featgraph_config(sae_cfg, fg_arch, hook), w, theta, scale)
-    cc.lineage = _lineage(folder, sae_cfg, arch)
+    sae_arch, hook, candidates = _check_importable(folder, sae_cfg, hookpoint)
+    scale = _saved_scale(sae_cfg)
+    w = _normalised(sae_cfg, _read_weights(folder, sae_cfg, sae_arch, candidates[0].saelens_imports[sae_arch]), scale)
+    sae = SAELensSAE(sae_arch, sae_cfg, _metadata(sae_cfg), _featgraph_meta(sae_cfg), w, scale)
+    for arch in candidates:
+        imported = arch.from_saelens(sae)
+        if imported is not None:
+            break
+    else:
+        names = ", ".join(a.name for a in candidates)
+        raise FeatgraphError(f"SAELens {sae_arch} SAE {folder} has options none of {names} can represent exactly; re-save it in a supported form")
+    cc = _build(_featgraph_config(sae_cfg, arch.name, hook, imported.options), imported, scale)
+    cc.lineage = _lineage(folder, sae_cfg, sae_arch)
     return cc.eval().to(device)
 
 
@@ -275,16 +252,23 @@ def _featgraph_meta(sae_cfg: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) and meta.get("format") == FEATGRAPH_META_FORMAT else {}
 
 
-def _check_importable(folder: Path, sae_cfg: dict[str, Any], hookpoint: str | None) -> tuple[str, str]:
-    """SAELens architecture and hookpoint of the SAE, or a FeatgraphError naming what featgraph cannot hold."""
-    arch = sae_cfg.get("architecture", "standard")
-    if arch == "topk":
-        raise FeatgraphError(
-            f"SAELens architecture 'topk' ({folder}) keeps the top k latents of each token, which featgraph cannot "
-            f"represent (its batchtopk keeps k·B per batch, or thresholds at inference); supported: {SUPPORTED}"
-        )
-    if arch not in _EXTRA_WEIGHTS:
-        raise FeatgraphError(f"SAELens architecture {arch!r} ({folder}) has no featgraph equivalent; supported: {SUPPORTED}")
+def _importers(sae_arch: str) -> list[Any]:
+    """The registered architectures that may hold a SAELens ``sae_arch`` SAE, in the order they are asked."""
+    found = [cls for _, cls in ARCHITECTURES.items() if sae_arch in cls.saelens_imports]
+    return sorted(found, key=lambda cls: -cls.saelens_precedence)
+
+
+def _supported() -> str:
+    return ", ".join(sorted({a for _, cls in ARCHITECTURES.items() for a in cls.saelens_imports})) or "none"
+
+
+def _check_importable(folder: Path, sae_cfg: dict[str, Any], hookpoint: str | None) -> tuple[str, str, list[Any]]:
+    """SAELens architecture, hookpoint and candidate architectures, or a FeatgraphError naming what featgraph cannot hold."""
+    sae_arch = sae_cfg.get("architecture", "standard")
+    candidates = _importers(sae_arch)
+    if not candidates:
+        why = _WHY_NOT.get(sae_arch, "has no featgraph equivalent")
+        raise FeatgraphError(f"SAELens architecture {sae_arch!r} ({folder}) {why}; supported: {_supported()}")
     norm = sae_cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise FeatgraphError(
@@ -300,57 +284,31 @@ def _check_importable(folder: Path, sae_cfg: dict[str, Any], hookpoint: str | No
     hook = hookpoint or meta.get("hook_name") or sae_cfg.get("hook_name")
     if not hook:
         raise FeatgraphError(f"SAE {folder} does not say which hookpoint it reads (no metadata.hook_name); pass hookpoint=, e.g. 'blocks.3.hook_resid_post'")
-    return arch, str(hook)
+    return sae_arch, str(hook), candidates
 
 
-def _read_weights(folder: Path, sae_cfg: dict[str, Any], arch: str) -> dict[str, torch.Tensor]:
-    """The SAE's tensors as float64, checked for names, shapes and finiteness."""
+def _read_weights(folder: Path, sae_cfg: dict[str, Any], sae_arch: str, extras: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The SAE's tensors as float64, checked for names, shapes (``extras``: name → dimension letters) and finiteness."""
     path = folder / SAELENS_WEIGHTS_FILE
     state = load_safetensors_file(path, "SAE weights", "the SAELens folder is incomplete — re-save the SAE", "re-save the SAE")
-    if arch == "jumprelu" and "log_threshold" in state and "threshold" not in state:  # older SAELens checkpoints
+    if "threshold" in extras and "log_threshold" in state and "threshold" not in state:  # older SAELens checkpoints
         state["threshold"] = state.pop("log_threshold").double().exp()
     D, F = int(sae_cfg["d_in"]), int(sae_cfg["d_sae"])
     dims = {"D": D, "F": F}
-    layout = {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D", **_EXTRA_WEIGHTS[arch]}
+    layout = {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D", **extras}
     expected = {k: tuple(dims[c] for c in v) for k, v in layout.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected != got:
-        raise FeatgraphError(f"SAE weights {path} do not match a {arch} SAE with d_in={D}, d_sae={F} (expected {expected}, found {got})")
+        raise FeatgraphError(f"SAE weights {path} do not match a {sae_arch} SAE with d_in={D}, d_sae={F} (expected {expected}, found {got})")
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise FeatgraphError(f"SAE weights {path} contain NaN or inf; re-train or re-save the SAE")
     return {k: v.double() for k, v in state.items()}
 
 
-def _featgraph_weights(sae_cfg: dict[str, Any], arch: str, w: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor], float | None, float]:
-    """featgraph architecture, weights in normalised space, batchtopk θ (or None) and the scale s."""
-    fg_arch, w, theta = _to_featgraph_form(sae_cfg, arch, w)
-    scale = _saved_scale(sae_cfg)
-    w = {**w, "W_enc": w["W_enc"] / scale, "W_dec": w["W_dec"] * scale, "b_dec": w["b_dec"] * scale}
-    if arch == "jumprelu" and _trained_as_batchtopk(sae_cfg):
-        hint = _featgraph_meta(sae_cfg).get("threshold")
-        theta = _constant_score_threshold(w["threshold"], w["W_dec"].norm(dim=1), hint if isinstance(hint, (int, float)) else None)
-        fg_arch = "jumprelu" if theta is None else "batchtopk"
-    return fg_arch, w, theta, scale
-
-
-def _to_featgraph_form(sae_cfg: dict[str, Any], arch: str, w: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor], float | None]:
-    """featgraph architecture, raw-space weights (b_dec folded out of the input) and batchtopk θ (or None)."""
+def _normalised(sae_cfg: dict[str, Any], w: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """featgraph's normalised-space weights: b_dec folded out of the input (if SAELens subtracts it), then s folded in."""
     b_enc = w["b_enc"] - w["b_dec"] @ w["W_enc"] if sae_cfg.get("apply_b_dec_to_input", True) else w["b_enc"]
-    w = {**w, "b_enc": b_enc}
-    if arch == "standard":
-        return "relu", w, None
-    if arch == "batchtopk":
-        theta = float(w.pop("topk_threshold"))
-        if not sae_cfg.get("rescale_acts_by_decoder_norm", True):
-            return "jumprelu", {**w, "threshold": torch.full_like(w["b_enc"], theta)}, None
-        return "batchtopk", _fold_decoder_norms(w), theta
-    return "jumprelu", w, None
-
-
-def _fold_decoder_norms(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scale each latent by its decoder norm n_i (clamped at 1e-8): f_i → n_i·f_i, decoder row → row / n_i."""
-    n_F = w["W_dec"].norm(dim=1).clamp_min(1e-8)
-    return {**w, "W_enc": w["W_enc"] * n_F, "b_enc": w["b_enc"] * n_F, "W_dec": w["W_dec"] / n_F[:, None]}
+    return {**w, "b_enc": b_enc, "W_enc": w["W_enc"] / scale, "W_dec": w["W_dec"] * scale, "b_dec": w["b_dec"] * scale}
 
 
 def _saved_scale(sae_cfg: dict[str, Any]) -> float:
@@ -359,64 +317,46 @@ def _saved_scale(sae_cfg: dict[str, Any]) -> float:
     return float(s) if isinstance(s, (int, float)) and math.isfinite(s) and s > 0 else 1.0
 
 
-def _trained_as_batchtopk(sae_cfg: dict[str, Any]) -> bool:
-    return _featgraph_meta(sae_cfg).get("architecture") == "batchtopk" or _metadata(sae_cfg).get("training_architecture") == "batchtopk"
-
-
-def _constant_score_threshold(t_F: torch.Tensor, norms_F: torch.Tensor, hint: float | None) -> float | None:
-    """θ ≥ 0 such that ``pre_i > t_i`` is ``relu(pre_i)·n_i > θ`` for every latent, else None; ``hint`` wins if it fits."""
-    live = norms_F > 0
-    if not live.any() or not (t_F[~live] >= NEVER).all():
-        return None
-    scores = t_F[live] * norms_F[live]
-    theta = float(scores.median())
-    if hint is not None and abs(hint - theta) <= REL_TOL * abs(hint):
-        theta = float(hint)
-    if theta < 0 or ((scores - theta).abs() > REL_TOL * abs(theta) + 1e-30).any():
-        return None
-    return theta
-
-
-def _featgraph_config(sae_cfg: dict[str, Any], fg_arch: str, hook: str) -> CrosscoderConfig:
-    """featgraph config: the one recorded by save_saelens if any, with the SAE's shape, hookpoint and architecture."""
-    known = set(CrosscoderConfig.__dataclass_fields__)
-    base = {k: v for k, v in _featgraph_meta(sae_cfg).get("config", {}).items() if k in known}
+def _featgraph_config(sae_cfg: dict[str, Any], arch: str, hook: str, options: dict[str, Any]) -> CrosscoderConfig:
+    """featgraph config: the one recorded by save_saelens if any, with the SAE's shape, hookpoint and architecture;
+    the recorded options win over those read from the SAE when the architecture is the same."""
+    recorded = _featgraph_meta(sae_cfg).get("config")
+    base = CrosscoderConfig.from_dict(recorded).to_dict() if isinstance(recorded, dict) else {}
+    if base.get("architecture") == arch:
+        options = {**options, **base["options"]}
     meta = _metadata(sae_cfg)
-    F = int(sae_cfg["d_sae"])
-    k = base.get("k", sae_cfg.get("k", (meta.get("training_architecture_details") or {}).get("k", 32)))
     base.update(
         hookpoints=[hook],
         out_hookpoints=None,
         d_model=int(sae_cfg["d_in"]),
-        n_features=F,
-        architecture=fg_arch,
+        n_features=int(sae_cfg["d_sae"]),
+        architecture=arch,
+        options=options,
         model_name=str(meta.get("model_name") or base.get("model_name") or ""),
-        k=min(max(int(round(float(k))), 1), F),
     )
     return CrosscoderConfig(**base)
 
 
 @torch.no_grad()
-def _build(cfg: CrosscoderConfig, w: dict[str, torch.Tensor], theta: float | None, scale: float) -> Crosscoder:
-    """The crosscoder of ``cfg`` holding normalised-space weights ``w`` and normalisation scale ``scale``."""
+def _build(cfg: CrosscoderConfig, imported: SAELensImport, scale: float) -> Crosscoder:
+    """The crosscoder of ``cfg`` holding the imported normalised-space weights and normalisation scale ``scale``."""
     cc = build_crosscoder(cfg)
-    f32 = torch.float32
+    f32, w = torch.float32, imported.weights
     cc.W_enc_LDF.copy_(w["W_enc"][None].to(f32))
     cc.b_enc_F.copy_(w["b_enc"].to(f32))
     cc.W_dec_FLD.copy_(w["W_dec"][:, None].to(f32))
     cc.b_dec_LD.copy_(w["b_dec"][None].to(f32))
     cc.norm_scale_L.fill_(scale)
-    if cfg.architecture == "jumprelu":
-        cc.log_threshold_F.copy_(w["threshold"].clamp(min=TINY, max=NEVER).log().to(f32))
-    elif cfg.architecture == "batchtopk":
-        cc.threshold.fill_(theta)
+    state = cc.state_dict()
+    for name, value in imported.state.items():
+        state[name].copy_(value.to(state[name].dtype))
     return cc
 
 
-def _lineage(folder: Path, sae_cfg: dict[str, Any], arch: str) -> list[dict]:
+def _lineage(folder: Path, sae_cfg: dict[str, Any], sae_arch: str) -> list[dict]:
     """The recorded featgraph lineage, or one stage saying the crosscoder came from a SAELens SAE."""
     fg = _featgraph_meta(sae_cfg)
     if fg:
         return list(fg.get("lineage", []))
     meta = _metadata(sae_cfg)
-    return [{"stage": "saelens", "parent": str(folder), "saelens": {"architecture": arch, "sae_lens_version": meta.get("sae_lens_version"), "metadata": meta}}]
+    return [{"stage": "saelens", "parent": str(folder), "saelens": {"architecture": sae_arch, "sae_lens_version": meta.get("sae_lens_version"), "metadata": meta}}]

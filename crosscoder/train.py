@@ -8,8 +8,12 @@ forward and backward run under bf16 autocast while the weights and Adam's state 
 Data-parallel under ``torchrun``: when torch.distributed is initialised, each rank trains on its own batches (its
 share of the global batch) and the gradients are averaged with an all-reduce before every step — the DDP
 algorithm, done explicitly because the loss is a method, not ``forward``. For ReLU and JumpReLU this equals one
-process on the concatenated batch up to float rounding; BatchTopK selects its top k·B per rank (as
-dictionary_learning does), and its inference threshold is averaged across ranks.
+process on the concatenated batch up to float rounding. State that is not a parameter is the architecture's to
+agree on: after the all-reduce every step calls ``cc.sync_distributed()`` (BatchTopK, which selects its top k·B per
+rank as dictionary_learning does, averages its inference threshold there).
+
+The crosscoder trains in training mode whatever mode it came in (a loaded one is in eval mode) and is left in eval
+mode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+from dataclasses import asdict
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -29,6 +34,7 @@ from .config import TrainConfig
 from .crosscoder import Crosscoder
 from .determinism import deterministic_algorithms
 from .errors import FeatgraphError
+from .io import load_crosscoder
 
 __all__ = ["train_crosscoder", "finetune_crosscoder", "TrainResult"]
 
@@ -79,7 +85,7 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
         log.info("resumed from %s at step %d", path, start)
     use_bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and cc.device.type == "cuda")
     autocast = torch.autocast(cc.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    cc.train()
+    cc.train()  # whatever mode it came in: a loaded or resumed crosscoder is in eval mode
     out = None
     bar = tqdm(range(start, cfg.steps), desc="crosscoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
     for step in bar:
@@ -118,7 +124,7 @@ def _world() -> int:
 
 
 def _sync_gradients(cc: Crosscoder) -> None:
-    """Average gradients (and BatchTopK's threshold) over ranks; a no-op in one process."""
+    """Average gradients over ranks, then let the architecture sync its own state; a no-op in one process."""
     world = _world()
     if world == 1:
         return
@@ -130,9 +136,7 @@ def _sync_gradients(cc: Crosscoder) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-    if hasattr(cc, "threshold"):
-        dist.all_reduce(cc.threshold)
-        cc.threshold /= world
+    cc.sync_distributed()
 
 
 @torch.no_grad()
@@ -168,12 +172,9 @@ def finetune_crosscoder(
     Adam starts afresh; the normalisation scales are the parent's, so features stay comparable across stages (the
     stage-wise diff of Anthropic, Dec 2024: S, then D / M / DF / MF fine-tuned from it). The stage is appended to
     ``cc.lineage`` (saved in cfg.json) with its parent and schedule. Pass ``cc`` when the caller has already loaded
-    ``parent`` (it is trained in place instead of loading the folder again). ``kwargs`` go to :func:`train_crosscoder`.
+    ``parent`` (it is trained in place instead of loading the folder again). ``kwargs`` go to :func:`train_crosscoder`,
+    which trains it in training mode and leaves it in eval mode.
     """
-    from dataclasses import asdict
-
-    from .io import load_crosscoder
-
     if cc is None:
         cc = load_crosscoder(parent, device=device)
     if not cc.lineage:

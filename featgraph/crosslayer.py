@@ -17,28 +17,41 @@ Following the SAE-stack experiments of spar-2024 (``experiments/``; arXiv 2410.0
 * AND gate: a child j ∈ l+1 with exactly two parents i ∈ l with necessity P(i | j) ≥ 0.999;
   OR gate: a child j with exactly two parents i with sufficiency P(j | i) ≥ 0.999.
 
+Activity rule. spar-2024 counts feature i *active* on a token when f_i > 0.2 · max f_i, the maximum over a first
+pass of the data (``relative_lower_bound = 0.2`` in ``experiments/similarity_measures/generic/``; the
+``*_relative_activation`` measures behind ``experiments/logic_gates.py``); Pearson reads the activation values
+and no threshold. The statistics hold one rule, fixed when they are streamed: :func:`stack_stats` streams them
+under f > ``active_frac`` · max f (default 0.2; 0 gives f > 0), and :func:`active_frac_of` reads the rule back
+from any :class:`~featgraph.stats.CoactivationStats` (its threshold against its own per-feature max).
+:func:`find_gates` and the count-based measures of :func:`pass_through_counts` refuse statistics made under
+another rule than the ``active_frac`` they are asked for (default 0.2).
+
 Stable node ids are ``L{layer}/F{local}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 
 from crosscoder.errors import FeatgraphError
 
 from .coactivation import prune_mask
 from .graph import FeatureGraph
 from .measures import MEASURES
-from .stats import CoactivationStats
+from .stats import CoactivationStats, feature_max
 
 __all__ = [
+    "SPAR_ACTIVE_FRAC",
     "ActiveFeatures",
     "BestMatch",
     "Gate",
     "LayerTransition",
+    "active_frac_of",
     "active_features",
     "best_match",
     "find_gates",
@@ -48,7 +61,12 @@ __all__ = [
     "stack_graph",
     "stack_node_id",
     "stack_node_ids",
+    "stack_stats",
 ]
+
+SPAR_ACTIVE_FRAC = 0.2
+"""spar-2024's activity rule: a feature is active when f > 0.2 · its max activation."""
+_BINARY_MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_information")  # read the active/inactive counts
 
 
 # ---- ids and layer bookkeeping --------------------------------------------------------------------
@@ -101,6 +119,18 @@ def _adjacent_pairs(
     return src[keep], dst[keep], c[keep]
 
 
+def _adjacent_cofiring(stats: CoactivationStats, rank_F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs between adjacent layers that fire together at least once (M_ij = Σ f_i f_j > 0, whatever the
+    activity rule), oriented earlier → later: (src, dst)."""
+    M = sp.triu(stats.co_moment, k=1).tocoo()
+    pos = M.data > 0
+    i, j = M.row[pos].astype(np.int64), M.col[pos].astype(np.int64)
+    flip = rank_F[i] > rank_F[j]
+    src, dst = np.where(flip, j, i), np.where(flip, i, j)
+    keep = rank_F[dst] == rank_F[src] + 1
+    return src[keep], dst[keep]
+
+
 def _scores(name: str, stats: CoactivationStats, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """``MEASURES[name]`` on the pairs (src, dst); an empty float array for no pairs (scipy can't index with none)."""
     return MEASURES[name](stats, src, dst) if len(src) else np.zeros(0, dtype=np.float64)
@@ -114,6 +144,77 @@ def _group_max(key: np.ndarray, other: np.ndarray, w: np.ndarray, n: int) -> tup
         first = order[np.r_[True, np.diff(key[order]) != 0]]
         best[key[first]], arg[key[first]] = w[first], other[first]
     return best, arg
+
+
+# ---- the activity rule -----------------------------------------------------------------------------
+def _chunk_parts(chunk: Any) -> tuple[Any, Any]:
+    """(f_nF, token_index_n or None) of a chunk: a tensor, or anything with ``f_nF`` (and ``token_index_n``)."""
+    if hasattr(chunk, "f_nF"):
+        return chunk.f_nF, getattr(chunk, "token_index_n", None)
+    return chunk, None
+
+
+def stack_stats(
+    chunks: Callable[[], Iterable[Any]], n_features: int, active_frac: float = SPAR_ACTIVE_FRAC, top_m: int = 8
+) -> CoactivationStats:
+    """Statistics of feature activations under the activity rule f_i > ``active_frac`` · max f_i (spar-2024: 0.2).
+
+    ``chunks()`` returns a fresh iterable of ``(n, F)`` activation chunks (tensors, or
+    :class:`~crosscoder.apply.FeatureChunk` objects with token indices) and is called twice: a first pass for each
+    feature's max, a second to stream the statistics. ``active_frac = 0`` makes one pass and counts f > 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> f = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.5, 0.5]])
+    >>> s = stack_stats(lambda: [f], 2)
+    >>> s.count_F.tolist(), active_frac_of(s)  # 0.1 < 0.2 · 1.0 is not active
+    ([2, 2], 0.2)
+    """
+    if not 0 <= active_frac < 1:
+        raise FeatgraphError(f"active_frac must be in [0, 1), got {active_frac}; spar-2024 uses 0.2, 0 counts any positive activation")
+    threshold: float | np.ndarray = 0.0
+    if active_frac > 0:
+        try:
+            threshold = active_frac * feature_max(_chunk_parts(c)[0] for c in chunks())
+        except ValueError:
+            raise FeatgraphError("no activations to stream; the token set is empty") from None
+    stats = CoactivationStats(n_features, threshold=threshold, top_m=top_m)
+    for chunk in chunks():
+        stats.update(*_chunk_parts(chunk))
+    return stats
+
+
+def active_frac_of(stats: CoactivationStats, rtol: float = 1e-5) -> float | None:
+    """The fraction r of the statistics' activity rule f_i > r · max f_i: 0.0 for f > 0, r where each feature's
+    threshold is r times its max over the same tokens (what :func:`stack_stats` streams), None otherwise (a fixed
+    θ > 0, or maxima from other tokens)."""
+    thr = np.asarray(stats.threshold, dtype=np.float64)
+    if not thr.any():
+        return 0.0
+    if thr.ndim == 0:
+        return None
+    fired = stats.max_F > 0
+    if not fired.any():
+        return None
+    r = float(np.median(thr[fired] / stats.max_F[fired]))
+    return round(r, 6) if np.allclose(thr[fired], r * stats.max_F[fired], rtol=rtol, atol=0.0) else None
+
+
+def _check_activity(stats: CoactivationStats, active_frac: float | None, what: str) -> None:
+    """Raise one line unless the statistics were streamed under f > ``active_frac`` · max f (None: no check)."""
+    if active_frac is None:
+        return
+    have = active_frac_of(stats)
+    if have is not None and math.isclose(have, active_frac, rel_tol=1e-4, abs_tol=1e-9):
+        return
+    rule = lambda r: "f > 0" if r == 0 else f"f > {r:g}·max f"  # noqa: E731
+    held = rule(have) if have is not None else "a threshold that is no fixed fraction of each feature's max"
+    raise FeatgraphError(
+        f"{what} asked for the activity rule {rule(active_frac)} but the statistics count {held}; stream them with "
+        f"stack_stats(..., active_frac={active_frac:g}) (`featgraph graph build --active-frac {active_frac:g}`), "
+        f"or pass active_frac={have if have is not None else 'None'} to use them as they are"
+    )
 
 
 # ---- best match, pass-through, gates ---------------------------------------------------------------
@@ -134,7 +235,9 @@ def best_match(
     .. math:: b^+_i = \max_{j \in l+1} m(i, j), \qquad b^-_j = \max_{i \in l-1} m(i, j)
 
     with m taken earlier → later (see the module docstring). Candidates are the pairs with co-count
-    C_ij ≥ ``min_cocount``, read from the sparse co-count matrix; every other pair is *absent* and counts as −inf,
+    C_ij ≥ ``min_cocount``, read from the sparse co-count matrix — for Pearson with ``min_cocount`` ≤ 1 the pairs
+    that fire together at all (M_ij > 0), so its best match does not depend on the activity rule the statistics
+    were streamed under, as spar-2024's Pearson does not; every other pair is *absent* and counts as −inf,
     so a feature with no candidate (a dead feature, the last layer's forward, the first layer's backward) gets
     −inf and index −1. With ``min_cocount`` = 1 this changes no positive maximum of Pearson, Jaccard,
     sufficiency or necessity: for non-negative activations a pair that never co-fires has M_ij = C_ij = 0, hence
@@ -153,7 +256,10 @@ def best_match(
     """
     _check_measure(measure)
     _, rank_F = _layer_rank(stats, layer_F)
-    src, dst, _ = _adjacent_pairs(stats, rank_F, min_cocount)
+    if measure == "pearson" and min_cocount <= 1:
+        src, dst = _adjacent_cofiring(stats, rank_F)
+    else:
+        src, dst, _ = _adjacent_pairs(stats, rank_F, min_cocount)
     w = _scores(measure, stats, src, dst)
     F = stats.n_features
     return BestMatch(*_group_max(src, dst, w, F), *_group_max(dst, src, w, F))
@@ -175,7 +281,8 @@ class LayerTransition(NamedTuple):
 
 
 def pass_through_counts(
-    stats: CoactivationStats, layer_F: np.ndarray, tau: float, measure: str = "pearson", min_cocount: int = 1
+    stats: CoactivationStats, layer_F: np.ndarray, tau: float, measure: str = "pearson", min_cocount: int = 1,
+    active_frac: float | None = SPAR_ACTIVE_FRAC,
 ) -> list[LayerTransition]:
     r"""Pass-through, vanishing and appearing features for every adjacent layer pair (l, l+1).
 
@@ -185,9 +292,13 @@ def pass_through_counts(
         \text{appear}_{l+1} = F_{l+1} - \#\{j \in l+1 : \max_{i \in l} \rho(i, j) \ge \tau\}
 
     F_l counts only the features of l that fire at least once on the tokens seen (a dead feature neither passes
-    through nor vanishes nor appears); the dead are reported in ``n_dead``. (spar-2024 ``experiments/``;
-    arXiv 2410.08869.)
+    through nor vanishes nor appears); the dead are reported in ``n_dead``. With a count-based measure (Jaccard,
+    sufficiency, necessity, mutual information) the statistics must hold the activity rule f > ``active_frac`` ·
+    max f (default spar-2024's 0.2; None: take them as they are); Pearson reads no rule. (spar-2024
+    ``experiments/pass_through_analysis/``; arXiv 2410.08869.)
     """
+    if measure in _BINARY_MEASURES:
+        _check_activity(stats, active_frac, f"pass-through by {measure}")
     layers, rank_F = _layer_rank(stats, layer_F)
     bm = best_match(stats, layer_F, measure, min_cocount)
     alive_F = stats.count_F > 0
@@ -222,6 +333,7 @@ def find_gates(
     local_F: np.ndarray | None = None,
     threshold: float = 0.999,
     min_count: int = 10,
+    active_frac: float | None = SPAR_ACTIVE_FRAC,
 ) -> list[Gate]:
     r"""AND and OR gates between adjacent layers.
 
@@ -230,11 +342,14 @@ def find_gates(
     * AND: necessity P(i | j) = C_ij / n_j ≥ ``threshold`` (j fires only when i fires);
     * OR: sufficiency P(j | i) = C_ij / n_i ≥ ``threshold`` (i alone turns j on);
 
-    and j is a gate when it has *exactly two* parents of a kind. Features that fire on fewer than ``min_count``
-    tokens take no part, as child or parent: a child seen once has necessity 1 with everything it met, and a
-    parent seen once is trivially sufficient. Gates come AND first, then OR, each by child index.
-    (spar-2024 ``experiments/``; arXiv 2410.08869.)
+    and j is a gate when it has *exactly two* parents of a kind. "Fires" follows the statistics' activity rule,
+    which must be f > ``active_frac`` · max f (default 0.2, spar-2024's ``*_relative_activation`` measures; 0:
+    f > 0; None: take the statistics as they are) — stream them with :func:`stack_stats`. Features that fire on
+    fewer than ``min_count`` tokens take no part, as child or parent: a child seen once has necessity 1 with
+    everything it met, and a parent seen once is trivially sufficient. Gates come AND first, then OR, each by
+    child index. (spar-2024 ``experiments/logic_gates.py``; arXiv 2410.08869.)
     """
+    _check_activity(stats, active_frac, "AND/OR gates")
     _, rank_F = _layer_rank(stats, layer_F)
     local_F = local_index(layer_F) if local_F is None else np.asarray(local_F, dtype=np.int64)
     ids = stack_node_ids(layer_F, local_F)
@@ -315,6 +430,7 @@ def stack_graph(
             "kind": "sae_stack", "measure": measure, "top_k": top_k, "threshold": threshold,
             "min_cocount": min_cocount, "n_tokens": stats.n_tokens,
             "active_threshold": float(stats.threshold) if np.ndim(stats.threshold) == 0 else "per-feature",
+            "active_frac": active_frac_of(stats),
             "n_features": stats.n_features, "layers": layers.tolist(), "n_alive": len(alive),
             "n_isolated": len(alive) - len(np.intersect1d(linked, alive)),
         },

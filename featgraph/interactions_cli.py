@@ -23,6 +23,8 @@ import torch
 from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
+from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder, recorded_inputs
+
 __all__ = ["add_interactions_parser", "site_kind"]
 
 
@@ -89,8 +91,8 @@ def _mlp_scores(cc, model, rows, layer, site, progress):
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from analyses.data import model_and_tokens
     from crosscoder.io import atomic_file
+    from crosscoder.sources import load_inputs
 
     from .export import write_graphml, write_json
     from .html import write_html
@@ -100,12 +102,11 @@ def _rank(args: argparse.Namespace) -> int:
     kind, layer = site_kind(args.site, args.kind)
     if args.out.exists() and not args.out.is_dir():
         raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
-    device = resolve_device(args.device)
-    from .graph_cli import _load_any_crosscoder
-
-    cc = _load_any_crosscoder(args.crosscoder, device)
-    data = model_and_tokens(args.model, args.size, args.seed, device, not args.quiet)
-    rows = torch.cat([data.val_NT, data.train_NT])[: args.rows]
+    model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
+    device = resolve_device(model_cfg.device)
+    cc = load_any_crosscoder(args.crosscoder, device)
+    data = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
+    rows = torch.cat([data.rows.val_NT, data.rows.train_NT])[: args.rows]
     token_str = token_decoder(data.model)
     F = cc.cfg.n_features
     token_total = token_index = share_tok = None
@@ -231,11 +232,9 @@ def add_interactions_parser(sub) -> None:
     r.add_argument("--check-pairs", dest="check_pairs", type=int, default=0, help="Δ² check on this many pairs (MLP sites)")
     r.add_argument("--merge-with", dest="merge_with", type=Path, default=None,
                    help="a co-activation graph.json to merge with into one typed multigraph (merged.json, merged.graphml)")
-    r.add_argument("--model", default="embedded")
-    r.add_argument("--size", choices=["default", "tiny"], default="default")
-    r.add_argument("--rows", type=int, default=200)
+    add_input_arguments(r)
+    r.add_argument("--rows", type=int, default=200, help="token rows the interactions are accumulated over (default: 200)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(run=_rank)

@@ -49,6 +49,7 @@ from transformer_lens.components import (
 )
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from crosscoder.model_loading import require_hooked
 from crosscoder.apply import check_compatible
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
@@ -110,6 +111,7 @@ def _norm_parts(ln: nn.Module) -> _Norm:
 
 
 def _check_model(model: HookedTransformer, layer: int) -> None:
+    require_hooked(model, "MLP interactions")
     n = model.cfg.n_layers
     if model.cfg.attn_only:
         raise FeatgraphError("this model is attention-only (cfg.attn_only): its blocks have no MLP; use a model with MLP layers")

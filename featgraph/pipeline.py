@@ -1,28 +1,89 @@
-"""One call from a crosscoder, a model and token rows to an annotated, clustered co-activation graph.
+"""One graph builder: crosscoder(s), a model and token rows → an annotated, clustered co-activation graph.
 
-For a model crosscoder (one dictionary over a base model and its fine-tune), :func:`model_crosscoder_graph` builds
-the graph of its features as seen from one side: ``side="base"`` encodes the base model's activations alone (the other
-models' input slots are zero), ``side=None`` encodes every model on the same tokens jointly. Either way every node
-carries ``rel_norm`` (r = ‖d_B‖ / (‖d_A‖ + ‖d_B‖)), ``diff_label`` and ``decoder_cosine`` from the decoders, so a view
-can colour by them.
+:func:`build_graph` serves every kind of feature graph with one set of options (:class:`GraphConfig`):
+
+* one crosscoder, SAE or transcoder: its features ``F{i}`` with their layer profiles (decoder norm per hookpoint)
+  and, by default, the decoder cosine on every edge;
+* one model crosscoder (``cc.cfg.models``): the same, seen from one ``side`` (that model's activations alone, the
+  others' slots zero) or jointly (``side=None``); nodes also carry ``rel_norm``, ``diff_label`` and ``decoder_cosine``
+  of models ``a`` vs ``b`` (in the papers' normalised space);
+* several one-hookpoint crosscoders (a stack of per-layer SAEs, featgraph or SAELens): nodes ``L{l}/F{i}``, directed
+  edges between adjacent layers (spar-2024).
+
+Every kind gets top contexts and communities. ``featgraph graph build``, ``featgraph demo``, the studies and the
+Python API all call it, so the same options give the same graph whichever entry point is used.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crosscoder.apply import FeatureChunk, feature_activations
+from crosscoder.apply import feature_activations, stack_feature_activations
 from crosscoder.crosscoder import Crosscoder
+from crosscoder.errors import FeatgraphError
+from crosscoder.model_diff import model_diff, model_feature_activations
 
 from .coactivation import add_layer_profiles, add_model_diff, add_top_contexts, coactivation_graph
 from .communities import leiden
+from .crosslayer import SPAR_ACTIVE_FRAC, stack_graph
 from .graph import FeatureGraph
-from .stats import CoactivationStats
+from .measures import MEASURES
+from .stats import CoactivationStats, feature_max
 
-__all__ = ["crosscoder_graph", "model_crosscoder_graph", "token_decoder"]
+__all__ = ["GraphConfig", "GraphResult", "build_graph", "token_decoder"]
+
+
+@dataclass
+class GraphConfig:
+    """Which edges a feature graph keeps and how its communities are found."""
+
+    measure: str = "pearson"
+    """Edge weight: pearson, jaccard, sufficiency, necessity, mutual_information or decoder_cosine."""
+    top_k: int | None = 8
+    """Edges kept per feature: the strongest at either endpoint (None: no top-k pruning)."""
+    threshold: float | None = None
+    """Keep edges with weight ≥ this (with or without top-k)."""
+    min_cocount: int = 5
+    """Co-count floor for an edge: a significance filter for rare features."""
+    active_frac: float | None = None
+    """A feature is active above this fraction of its max activation (0: any positive activation; > 0 costs a second
+    pass); unset = 0 for one crosscoder and spar-2024's 0.2 for a stack of SAEs (which the gates need)."""
+    decoder_cosine: bool = True
+    """Add the cosine of the two features' flattened decoders to every edge (one crosscoder)."""
+    objective: Literal["modularity", "cpm", "rbconfiguration"] = "modularity"
+    """Leiden's objective for the communities."""
+    resolution: float = 1.0
+    """Leiden's resolution γ."""
+    rows: int = 600
+    """Token rows streamed into the statistics."""
+    batch_size: int = 32
+    """Token rows per forward pass."""
+
+    def __post_init__(self) -> None:
+        allowed = sorted(MEASURES) + ["decoder_cosine"]
+        if self.measure not in allowed:
+            raise FeatgraphError(f"unknown measure {self.measure!r}; choose one of {', '.join(allowed)}")
+        if self.measure == "decoder_cosine" and not self.decoder_cosine:
+            raise FeatgraphError("measure decoder_cosine needs decoder_cosine on; drop --no-decoder-cosine")
+        if self.top_k is not None and self.top_k < 1:
+            raise FeatgraphError(f"top_k must be >= 1 (or unset), got {self.top_k}")
+        if self.top_k is None and self.threshold is None:
+            raise FeatgraphError("a graph needs top_k or threshold (or both) to prune its edges; set one")
+        if self.min_cocount < 1 or self.rows < 1 or self.batch_size < 1:
+            raise FeatgraphError(f"min_cocount, rows and batch_size must be >= 1, got {self.min_cocount}, {self.rows}, {self.batch_size}")
+        if self.active_frac is not None and not 0.0 <= self.active_frac < 1.0:
+            raise FeatgraphError(f"active_frac must lie in [0, 1), got {self.active_frac}")
+
+
+class GraphResult(NamedTuple):
+    graph: FeatureGraph
+    stats: CoactivationStats
 
 
 def token_decoder(model) -> Callable[[int], str]:
@@ -33,46 +94,95 @@ def token_decoder(model) -> Callable[[int], str]:
     return vocab.__getitem__
 
 
-def crosscoder_graph(
-    cc: Crosscoder, model, rows_NT: torch.Tensor, token_str: Callable[[int], str], top_k: int = 8, min_cocount: int = 5,
-    seed: int = 0, progress: bool = False, batch_size: int = 32,
-) -> tuple[FeatureGraph, CoactivationStats]:
-    """Stream feature activations over ``rows_NT`` into statistics; build the Pearson co-activation graph, add layer
-    profiles, top contexts and Leiden communities (modularity in ``meta``). Raises a clear error for an empty graph."""
-    chunks = feature_activations(cc, model, rows_NT, batch_size)
-    return _graph(cc, chunks, rows_NT, token_str, top_k, min_cocount, seed, progress, batch_size)
+def _chunk_source(ccs: list[Crosscoder], model, rows_NT: torch.Tensor, cfg: GraphConfig, side: str | None):
+    """A function giving a fresh iterator of feature-activation chunks (streamed twice with ``active_frac``)."""
+    if len(ccs) > 1:
+        return lambda: stack_feature_activations(ccs, model, rows_NT, cfg.batch_size)
+    cc = ccs[0]
+    if cc.cfg.models:
+        return lambda: model_feature_activations(cc, model, rows_NT, cfg.batch_size, side=side)
+    return lambda: feature_activations(cc, model, rows_NT, cfg.batch_size)
 
 
-def model_crosscoder_graph(
-    cc: Crosscoder, models: Mapping[str, object] | Sequence[object], rows_NT: torch.Tensor, token_str: Callable[[int], str],
-    side: str | None = None, top_k: int = 8, min_cocount: int = 5, seed: int = 0, progress: bool = False,
-    batch_size: int = 32, a: int | str = 0, b: int | str = 1,
-) -> tuple[FeatureGraph, CoactivationStats]:
-    """:func:`crosscoder_graph` for a model crosscoder (``cc.cfg.models``): features are its latents, activations come
-    from ``side``'s model alone (the others' slots zero) or, with ``side=None``, from every model on the same tokens.
-    Nodes also get ``rel_norm``, ``diff_label`` and ``decoder_cosine`` of models ``a`` vs ``b`` (raw space)."""
-    from crosscoder.model_diff import model_diff, model_feature_activations
+def build_graph(
+    crosscoders: Crosscoder | Sequence[Crosscoder],
+    model: Any,
+    rows_NT: torch.Tensor,
+    cfg: GraphConfig | None = None,
+    *,
+    token_str: Callable[[int], str] | None = None,
+    side: str | None = None,
+    a: int | str = 0,
+    b: int | str = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> GraphResult:
+    """Stream feature activations over the first ``cfg.rows`` of ``rows_NT`` into statistics and build the graph.
 
-    chunks = model_feature_activations(cc, models, rows_NT, batch_size, side=side)
-    graph, stats = _graph(cc, chunks, rows_NT, token_str, top_k, min_cocount, seed, progress, batch_size)
-    diff = model_diff(cc, a, b)
-    add_model_diff(graph, diff.rel_norm, diff.labels, diff.decoder_cosine)
-    graph.meta.update({"side": side or "joint", "models": list(cc.cfg.models), "model_norm": cc.cfg.model_norm,
-                       "rel_norm_models": diff.models})
-    return graph, stats
+    Parameters
+    ----------
+    crosscoders : Crosscoder or sequence of Crosscoder
+        One crosscoder (features ``F{i}``), or several one-hookpoint ones in layer order (a stack, ``L{l}/F{i}``).
+    model : HookedTransformer, or the models of a model crosscoder (mapping name → model, or a list in its order)
+    rows_NT : (N, T) token rows, BOS at position 0
+    cfg : GraphConfig
+        Measure, pruning, activity rule, decoder cosine, communities, rows.
+    token_str : callable, optional
+        Token id → text for the contexts (default: the model's tokenizer).
+    side, a, b
+        Model crosscoder only: which model's activations are encoded (None: all jointly), and the pair compared.
+    seed : int
+        Seed of the community detection.
 
-
-def _graph(cc: Crosscoder, chunks: Iterable[FeatureChunk], rows_NT: torch.Tensor, token_str, top_k: int, min_cocount: int,
-           seed: int, progress: bool, batch_size: int) -> tuple[FeatureGraph, CoactivationStats]:
-    stats = CoactivationStats(cc.cfg.n_features)
-    n_batches = -(-rows_NT.shape[0] // batch_size)
-    for chunk in tqdm(chunks, total=n_batches, desc="graph stats", disable=not progress, leave=False):
+    Returns
+    -------
+    GraphResult
+        The graph (meta: kind, measure, options, modularity, communities, seed) and the statistics it came from.
+    """
+    cfg = cfg or GraphConfig()
+    ccs = [crosscoders] if isinstance(crosscoders, Crosscoder) else list(crosscoders)
+    if not ccs:
+        raise FeatgraphError("no crosscoder to build a graph from; pass at least one")
+    stack = len(ccs) > 1
+    if stack and any(c.cfg.models for c in ccs):
+        raise FeatgraphError("a stack graph takes one-model crosscoders; build a model crosscoder's graph on its own")
+    if token_str is None:
+        models = list(model.values()) if isinstance(model, Mapping) else list(model) if isinstance(model, (list, tuple)) else [model]
+        token_str = token_decoder(models[0])
+    rows_NT = rows_NT[: cfg.rows]
+    F = sum(c.cfg.n_features for c in ccs)
+    chunks = _chunk_source(ccs, model, rows_NT, cfg, side)
+    active_frac = cfg.active_frac if cfg.active_frac is not None else (SPAR_ACTIVE_FRAC if stack else 0.0)
+    threshold: float | np.ndarray = 0.0
+    if active_frac > 0:
+        threshold = active_frac * feature_max(c.f_nF for c in chunks())
+    stats = CoactivationStats(F, threshold=threshold)
+    for chunk in tqdm(chunks(), total=-(-rows_NT.shape[0] // cfg.batch_size), desc="graph stats", disable=not progress, leave=False):
         stats.update(chunk.f_nF, chunk.token_index_n)
-    graph = coactivation_graph(stats, top_k=top_k, min_cocount=min_cocount)
-    graph.require_edges()
-    add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.writes)
+    if stack:
+        layer_F = np.concatenate([np.full(c.cfg.n_features, k) for k, c in enumerate(ccs)])
+        graph = stack_graph(stats, layer_F, measure=cfg.measure, top_k=cfg.top_k, threshold=cfg.threshold, min_cocount=cfg.min_cocount)
+        graph.require_edges()
+        graph.meta["hookpoints"] = [c.cfg.writes[0] for c in ccs]
+        graph.set_node_attr("peak_hookpoint", [graph.meta["hookpoints"][l] for l in graph.node_attrs["layer"]])
+        graph.meta["layer_F"] = layer_F.tolist()
+    else:
+        cc = ccs[0]
+        decoder = cc.W_dec_FLD.detach().flatten(1).cpu().numpy() if cfg.decoder_cosine else None
+        graph = coactivation_graph(stats, cfg.measure, cfg.top_k, cfg.threshold, cfg.min_cocount, decoder_FK=decoder)
+        graph.require_edges()
+        add_layer_profiles(graph, cc.decoder_norms().detach().cpu().numpy(), cc.cfg.writes)
+        if cc.cfg.models:
+            diff = model_diff(cc, a, b)
+            add_model_diff(graph, diff.rel_norm, diff.labels, diff.decoder_cosine)
+            graph.meta.update({"side": side or "joint", "models": list(cc.cfg.models), "model_norm": cc.cfg.model_norm,
+                               "rel_norm_models": diff.models})
     add_top_contexts(graph, stats, rows_NT.cpu().numpy(), token_str)
-    comm = leiden(graph, seed=seed)
+    comm = leiden(graph, seed=seed, objective=cfg.objective, resolution=cfg.resolution)
     graph.set_node_attr("community", comm.membership.tolist())
-    graph.meta.update({"modularity": comm.modularity, "n_communities": comm.n_communities, "seed": seed})
-    return graph, stats
+    graph.meta.update({"modularity": comm.modularity, "n_communities": comm.n_communities, "seed": seed,
+                       "options": {"measure": cfg.measure, "top_k": cfg.top_k, "threshold": cfg.threshold,
+                                   "min_cocount": cfg.min_cocount, "active_frac": active_frac,
+                                   "objective": cfg.objective, "resolution": cfg.resolution, "rows": int(rows_NT.shape[0])}})
+    graph.meta = json.loads(json.dumps(graph.meta, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return GraphResult(graph, stats)

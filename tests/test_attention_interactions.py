@@ -193,7 +193,7 @@ def test_max_features_keeps_the_heaviest(model, cc, tokens):
 
 
 def test_batchtopk_uses_inference_encoding(model, tokens):
-    cc = build_crosscoder(CrosscoderConfig([SITE, READ], D, F, dec_init_norm=2.0, architecture="batchtopk", k=3))
+    cc = build_crosscoder(CrosscoderConfig([SITE, READ], D, F, dec_init_norm=2.0, architecture="batchtopk", options={"k": 3}))
     with torch.no_grad():
         cc.threshold.fill_(0.05)
     cc.train()

@@ -221,9 +221,9 @@ def test_large_page_draws_its_sample(chromium, tmp_path):
 
 def test_demo_page_in_the_browser(chromium, artifacts, tmp_path, tiny_embedded):
     """The page the real demo pipeline writes (tiny size; the embedded model comes from the session cache)."""
-    from analyses.demo import DemoConfig, run_demo
+    from featgraph.demo import DemoConfig, run_demo
 
-    summary = run_demo(DemoConfig(out=tmp_path / "demo", size="tiny", device="cpu", progress=False))
+    summary = run_demo(DemoConfig(out=tmp_path / "demo", size="tiny", progress=False))
     page = Path(summary.paths["html"])
     dom = load(chromium, tmp_path, page)
     assert_healthy(dom, summary.n_nodes, summary.n_edges)

@@ -34,7 +34,7 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     cfg.write_text(json.dumps({"crosscoder": {"n_feature": 10}}))
     assert main(["crosscoder", "train", "--config", str(cfg), "--size", "tiny", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown CrosscoderConfig fields ['n_feature']" in err[0]
+    assert len(err) == 1 and "[crosscoder]: unknown key 'n_feature'; did you mean n_features?" in err[0]
     cfg.write_text(json.dumps({"crosscoder": {"architecture": "gated"}}))
     assert main(["crosscoder", "train", "--config", str(cfg), "--size", "tiny", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "unknown architecture 'gated'" in capsys.readouterr().err

@@ -14,10 +14,10 @@ from crosscoder.config import CrosscoderConfig, TrainConfig
 from crosscoder.errors import FeatgraphError
 from crosscoder.harvest import (ActivationBuffer, MultiModelRows, estimate_model_norm_scales, estimate_norm_scales, harvest,
                                 harvest_models)
-from crosscoder.io import load_crosscoder
+from crosscoder.io import load_crosscoder, save_crosscoder
 from crosscoder.model_diff import (decoder_cosines, diff_labels, latent_scaling, model_diff, model_diff_summary,
                                    model_feature_activations, model_reconstruction_metrics, relative_decoder_norms,
-                                   save_model_diff, train_model_crosscoder)
+                                   save_model_diff)
 from crosscoder.train import train_crosscoder
 
 D, H = 16, 2  # width, hookpoints per model
@@ -33,7 +33,7 @@ def _one_thread():
 
 
 def mcfg(arch="relu", F=32, **kw):
-    return CrosscoderConfig(["h0", "h1"], D, F, models=["A", "B"], architecture=arch, k=3, aux_k=8, dead_after_tokens=2000, **kw)
+    return CrosscoderConfig.from_flat(["h0", "h1"], D, F, models=["A", "B"], architecture=arch, k=3, aux_k=8, dead_after_tokens=2000, **kw)
 
 
 # ---- planted pair: shared directions identical in both models, exclusive ones in one only -------------------
@@ -101,10 +101,10 @@ def test_relative_norms_cosines_and_labels_hand_computed():
     assert r[0] == 0 and r[1] == 0.5 and torch.isclose(r[2], torch.tensor(20 / 25)) and torch.isnan(r[3])
     cos = decoder_cosines(cc, space="normalised")
     assert cos[1] == 1 and torch.isclose(cos[2], torch.tensor(36 / 100))  # ⟨(3,4|0,0), (12,0|0,16)⟩ / (5·20)
-    # raw space folds the scales in: B's slots scaled by 2 halve B's raw decoder
+    # raw space folds the scales in: B's slots scaled by 2 halve B's raw decoder; the default reads them as trained
     with torch.no_grad():
         cc.norm_scale_L.copy_(torch.tensor([1.0, 1.0, 2.0, 2.0]))
-    assert relative_decoder_norms(cc)[1] == pytest.approx(1 / 3)
+    assert relative_decoder_norms(cc, space="raw")[1] == pytest.approx(1 / 3) and relative_decoder_norms(cc)[1] == 0.5
     assert relative_decoder_norms(cc, "B", "A", space="normalised")[2] == pytest.approx(5 / 25)
     assert diff_labels(relative_decoder_norms(cc, space="normalised"), ["A", "B"]) == ["A-only", "shared", "between", "empty"]
     with pytest.raises(FeatgraphError, match="compare two different models"):
@@ -121,7 +121,7 @@ def test_model_norm_sum_and_concat_penalty_weights_hand_computed():
             cc.W_dec_FLD[0, 3, 0] = 12.0                         # B/h1: 12  → n_B = 12
         assert cc.model_decoder_norms()[0].tolist() == [7.0, 12.0]
         assert cc.penalty_weights()[0].item() == pytest.approx(expected)
-        bt = ARCHITECTURES["batchtopk"](mcfg("batchtopk", F=4, model_norm=model_norm))
+        bt = ARCHITECTURES.get("batchtopk")(mcfg("batchtopk", F=4, model_norm=model_norm))
         bt.load_state_dict({**bt.state_dict(), "W_dec_FLD": cc.W_dec_FLD.detach()})
         assert bt._scores(torch.ones(1, 4))[0, 0].item() == pytest.approx(expected)  # BatchTopK ranks by the same norm
     l2 = build_crosscoder(mcfg(F=2, sparsity_norm="l2_of_norms"))
@@ -177,14 +177,14 @@ def test_config_axis_names_and_bad_values():
         assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_save_load_round_trip_with_model_axis(arch, tmp_path):
     cc = build_crosscoder(mcfg(arch, F=12, n_shared_latents=2, model_norm="concat"))
     with torch.no_grad():
         cc.norm_scale_L.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
     full, _ = planted()
     train_crosscoder(cc, planted_source(full), TrainConfig(steps=20, batch_size=64, lr=5e-3), progress=False)
-    cc.save(tmp_path / "cc")
+    save_crosscoder(cc, tmp_path / "cc")
     meta = json.loads((tmp_path / "cc" / "cfg.json").read_text())["config"]
     assert meta["models"] == ["A", "B"] and meta["model_norm"] == "concat" and meta["n_shared_latents"] == 2
     back = load_crosscoder(tmp_path / "cc").eval()
@@ -196,7 +196,7 @@ def test_save_load_round_trip_with_model_axis(arch, tmp_path):
 
 def test_old_cfg_json_without_models_loads(tmp_path):
     cc = build_crosscoder(CrosscoderConfig(["h0", "h1"], D, 8))
-    cc.save(tmp_path / "old")
+    save_crosscoder(cc, tmp_path / "old")
     path = tmp_path / "old" / "cfg.json"
     meta = json.loads(path.read_text())
     for key in ("models", "model_norm", "n_shared_latents", "shared_sparsity_scale"):
@@ -241,7 +241,7 @@ def test_latent_scaling_flags_shrinkage_and_decoupling():
     x[:, 0, :3] = c
     x[:, 1, 1], x[:, 1, 2] = 0.8 * c[:, 1], c[:, 2]
     x[:, 1, 3] = torch.rand(300, generator=g)   # unrelated B content
-    sc = latent_scaling(cc, [x[:100], x[100:]])
+    sc = latent_scaling(cc, [x[:100], x[100:]], fit_decoder="larger")  # the A-only latents are fitted on their own decoder
     assert sc.present_F.tolist() == [0, 0, 0, 1] and sc.n_tokens == 300
     torch.testing.assert_close(sc.beta_error_F2[:3, 0], torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(sc.nu_error_F[:3], torch.tensor([0.0, 0.8, 0.0], dtype=torch.float64))
@@ -256,6 +256,10 @@ def test_latent_scaling_flags_shrinkage_and_decoupling():
     assert d.scaling["genuine_exclusive"][:3] == [True, False, False]
     assert d.scaling["shrinkage"][:3] == [False, True, False] and d.scaling["decoupling"][:3] == [False, False, True]
     assert d.summary()["scaling_flags"]["n_shrinkage"] == 1
+    # the default fits u_i = d_i^B (Minder et al.): A's latents have no B decoder (NaN) and only B-only ones are tested
+    sc_b = latent_scaling(cc, [x])
+    assert torch.isnan(sc_b.nu_error_F[:3]).all() and torch.isfinite(sc_b.nu_error_F[3])
+    assert model_diff(cc, scaling=sc_b).scaling["n_exclusive"] == 1
 
 
 # ---- real tiny TransformerLens models ----------------------------------------------------------------------
@@ -345,15 +349,22 @@ def test_interrupted_model_crosscoder_training_resumes_bit_identically(pair, tmp
     assert all(torch.equal(p, q) for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
+def _fit_pair(models, rows, steps=40, device="cpu"):
+    from crosscoder.data import TokenRows
+    from crosscoder.fitting import FitConfig, fit
+
+    cfg = CrosscoderConfig(HPS, D, 24, models=list(models), model_name="base+tuned")
+    return fit(models, TokenRows(rows, rows, "pair"), TrainConfig(steps=steps, batch_size=64, lr=3e-3, l1_coeff=0.5), cc_cfg=cfg,
+               fit_cfg=FitConfig(buffer_tokens=1024), seed=0, device=device, progress=False).cc
+
+
 def test_train_model_crosscoder_graph_and_diff_file(pair, tmp_path):
-    from featgraph.pipeline import model_crosscoder_graph
+    from featgraph.pipeline import GraphConfig, build_graph
 
     models, rows = pair
-    cc = train_model_crosscoder(list(models.values()), list(models), rows, HPS, n_features=24, steps=40, batch_size=64,
-                                lr=3e-3, seed=0, device="cpu", progress=False, l1_coeff=0.5)
+    cc = _fit_pair(models, rows)
     assert cc.cfg.models == ["base", "tuned"] and cc.cfg.all_hookpoints[2] == "tuned/" + HPS[0] and not cc.training
-    again = train_model_crosscoder(list(models.values()), list(models), rows, HPS, n_features=24, steps=40, batch_size=64,
-                                   lr=3e-3, seed=0, device="cpu", progress=False, l1_coeff=0.5)
+    again = _fit_pair(models, rows)
     assert torch.equal(cc.W_dec_FLD, again.W_dec_FLD)  # one seed reaches every random choice
     joint = torch.cat([c.f_nF for c in model_feature_activations(cc, models, rows, batch_size=10)])
     side = torch.cat([c.f_nF for c in model_feature_activations(cc, models, rows, batch_size=10, side="base")])
@@ -363,7 +374,7 @@ def test_train_model_crosscoder_graph_and_diff_file(pair, tmp_path):
     torch.testing.assert_close(side, cc.encode(acts))
     m = model_reconstruction_metrics(cc, models, rows)
     assert m.hookpoints == cc.cfg.writes and len(m.fvu_per_hookpoint) == 4 and m.fvu_pooled < 1 and m.n_tokens == 24 * 11
-    graph, _ = model_crosscoder_graph(cc, models, rows, str, side="tuned", min_cocount=2)
+    graph, _ = build_graph(cc, models, rows, GraphConfig(min_cocount=2), token_str=str, side="tuned")
     r = relative_decoder_norms(cc)
     assert graph.n_nodes > 0 and graph.meta["side"] == "tuned"
     assert graph.node_attrs["rel_norm"] == [round(r[f].item(), 6) for f in graph.node_attrs["feature"]]
@@ -399,8 +410,7 @@ def test_cli_trains_a_model_crosscoder_and_diffs_it(tmp_path, capsys, tiny_embed
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_model_crosscoder_runs_on_cuda(pair):
     models, rows = pair  # the models stay on the CPU; activations and the crosscoder live on the GPU
-    cc = train_model_crosscoder(list(models.values()), list(models), rows, HPS, n_features=24, steps=20, batch_size=64,
-                                lr=3e-3, seed=0, device="cuda", progress=False)
+    cc = _fit_pair(models, rows, steps=20, device="cuda")
     assert cc.device.type == "cuda"
     f = torch.cat([c.f_nF for c in model_feature_activations(cc, models, rows, side="base")])
     assert f.device.type == "cuda" and f.shape == (24 * 11, 24)

@@ -38,10 +38,10 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, tiny_embedded):
-    from analyses.demo import DemoConfig, run_demo
+    from featgraph.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("report_demo") / "demo"
-    run_demo(DemoConfig(out=out, size="tiny", device="cpu", progress=False))
+    run_demo(DemoConfig(out=out, size="tiny", progress=False))
     return out
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from crosscoder.build import ARCHITECTURES
+
 SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, warnings
@@ -27,7 +29,7 @@ SCRIPT = textwrap.dedent(
     hps = default_hookpoints(emb.model.cfg.n_layers)
     rows = emb.tokens_train_NT[:60]
     scales = estimate_norm_scales(emb.model, rows, hps)
-    cc = build_crosscoder(CrosscoderConfig(hps, emb.model.cfg.d_model, 48, architecture=arch, k=8, aux_k=16, dead_after_tokens=512, seed=3))
+    cc = build_crosscoder(CrosscoderConfig.from_flat(hps, emb.model.cfg.d_model, 48, architecture=arch, k=8, aux_k=16, dead_after_tokens=512, seed=3))
     cc.norm_scale_L.copy_(scales)
     buf = ActivationBuffer(emb.model, rows, hps, scales, batch_size=64, n_buffer_tokens=512, seed=7)
     kill = (lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == kill_at else None) if kill_at >= 0 else None
@@ -45,7 +47,7 @@ def run(tmp_path, arch, ckpt, out, kill_at):
     return subprocess.run([sys.executable, str(script), arch, str(ckpt), str(out), str(kill_at)], env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_embedded, arch):
     clean = run(tmp_path, arch, tmp_path / "ck_clean", tmp_path / "clean", -1)
     assert clean.returncode == 0, clean.stderr[-2000:]

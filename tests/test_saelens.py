@@ -23,13 +23,14 @@ from sae_lens.saes import (  # noqa: E402
 )
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
-from crosscoder.build import build_crosscoder  # noqa: E402
+from crosscoder.build import ARCHITECTURES, build_crosscoder  # noqa: E402
 from crosscoder.config import CrosscoderConfig  # noqa: E402
 from crosscoder.errors import FeatgraphError  # noqa: E402
 from crosscoder.saelens import load_saelens, save_saelens  # noqa: E402
 
 D, F, HOOK = 16, 48, "blocks.1.hook_resid_post"
 ATOL = 1e-5
+EXPORTABLE = [name for name, cls in ARCHITECTURES.items() if cls.saelens_architecture]
 
 
 def raw_acts(seed=0, n=64):
@@ -46,7 +47,7 @@ def randomise_(params, seed):
 
 def featgraph_cc(arch, seed=0):
     """A one-hookpoint crosscoder with random weights and biases, s ≠ 1 and a threshold that splits the latents."""
-    cc = build_crosscoder(CrosscoderConfig([HOOK], d_model=D, n_features=F, architecture=arch, model_name="tiny", k=4, seed=seed))
+    cc = build_crosscoder(CrosscoderConfig.from_flat([HOOK], d_model=D, n_features=F, architecture=arch, model_name="tiny", k=4, seed=seed))
     randomise_([cc.W_enc_LDF, cc.b_enc_F, cc.W_dec_FLD, cc.b_dec_LD], seed)
     with torch.no_grad():
         cc.norm_scale_L.fill_(0.37)
@@ -72,11 +73,16 @@ def assert_same_numbers(cc, sae, x):
 # ---- featgraph → SAELens ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, sae_cls", [("relu", StandardSAE), ("jumprelu", JumpReLUSAE), ("batchtopk", JumpReLUSAE)])
-def test_export_loads_in_saelens_with_same_numbers(arch, sae_cls, tmp_path):
+def test_builtin_saelens_forms():
+    assert {name: ARCHITECTURES.get(name).saelens_architecture for name in ("relu", "jumprelu", "batchtopk")} == {
+        "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+
+
+@pytest.mark.parametrize("arch", EXPORTABLE)
+def test_export_loads_in_saelens_with_same_numbers(arch, tmp_path):
     cc = featgraph_cc(arch)
     sae = SAE.load_from_disk(save_saelens(cc, tmp_path / arch))
-    assert type(sae) is sae_cls
+    assert sae.cfg.architecture() == type(cc).saelens_architecture
     assert sae.cfg.metadata.hook_name == HOOK and sae.cfg.metadata.model_name == "tiny"
     assert_same_numbers(cc, sae, raw_acts())
 
@@ -122,7 +128,7 @@ def test_saelens_batchtopk_checkpoint_is_featgraph_batchtopk(tmp_path):
     x = raw_acts()
     for folder in ("ckpt", "inference"):  # SAELens's checkpoint and its own JumpReLU inference form
         cc = load_saelens(tmp_path / folder)
-        assert cc.cfg.architecture == "batchtopk" and cc.cfg.k == 4
+        assert cc.cfg.architecture == "batchtopk" and cc.cfg.options["k"] == 4
         assert math.isclose(float(cc.threshold), 0.25, rel_tol=1e-6)
         assert_same_numbers(cc, SAE.load_from_disk(tmp_path / "inference"), x)
     trained = TrainingSAE.load_from_disk(tmp_path / "ckpt")
@@ -142,7 +148,7 @@ def test_saelens_batchtopk_without_rescale_is_its_jumprelu_form(tmp_path):
 # ---- round trip ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["relu", "jumprelu", "batchtopk"])
+@pytest.mark.parametrize("arch", EXPORTABLE)
 def test_round_trip_gives_back_the_crosscoder(arch, tmp_path):
     cc = featgraph_cc(arch)
     back = load_saelens(save_saelens(cc, tmp_path / arch))
@@ -193,7 +199,7 @@ def test_export_refuses_what_saelens_cannot_hold(tmp_path):
     transcoder = build_crosscoder(CrosscoderConfig(["blocks.0.ln2.hook_normalized"], d_model=D, n_features=F, out_hookpoints=["blocks.0.hook_mlp_out"]))
     with raises_one_line("transcoder"):
         save_saelens(transcoder, tmp_path / "tc")
-    untrained = build_crosscoder(CrosscoderConfig([HOOK], d_model=D, n_features=F, architecture="batchtopk", k=4))
+    untrained = build_crosscoder(CrosscoderConfig([HOOK], d_model=D, n_features=F, architecture="batchtopk", options={"k": 4}))
     with raises_one_line("no learned inference threshold"):
         save_saelens(untrained, tmp_path / "btk")
     assert not any(tmp_path.iterdir())  # nothing half-written
@@ -202,10 +208,10 @@ def test_export_refuses_what_saelens_cannot_hold(tmp_path):
 def test_import_refuses_other_architectures_and_options(tmp_path):
     meta = SAEMetadata(hook_name=HOOK)
     TopKSAE(TopKSAEConfig(d_in=D, d_sae=F, k=4, metadata=meta)).save_model(tmp_path / "topk")
-    with raises_one_line("'topk'.*supported: standard"):
+    with raises_one_line("'topk'.*of each token.*supported: batchtopk, jumprelu, standard"):
         load_saelens(tmp_path / "topk")
     GatedSAE(GatedSAEConfig(d_in=D, d_sae=F, metadata=meta)).save_model(tmp_path / "gated")
-    with raises_one_line("'gated' .*no featgraph equivalent; supported: standard \\(ReLU\\), jumprelu, batchtopk"):
+    with raises_one_line("'gated' .*no featgraph equivalent; supported: batchtopk, jumprelu, standard$"):
         load_saelens(tmp_path / "gated")
     StandardSAE(StandardSAEConfig(d_in=D, d_sae=F, normalize_activations="layer_norm", metadata=meta)).save_model(tmp_path / "ln")
     with raises_one_line("normalize_activations='layer_norm'"):

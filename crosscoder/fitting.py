@@ -1,0 +1,225 @@
+"""One path from a model and its token rows to a trained, evaluated and saved crosscoder.
+
+    build (or take the parent) → normalisation scales → buffer or activation cache → train or fine-tune
+    → evaluate on held-out rows → save
+
+:func:`fit` serves every case: a crosscoder / SAE / transcoder of one model, a model crosscoder over several models on
+the same tokens (``models`` a mapping name → model), and fine-tuning a parent with its own schedule (``parent``, a
+stage name). The CLI, the demo, the studies and the Python API all call it, so they agree on every step: scales from
+the training rows (about ``norm_tokens`` tokens), the buffer over the training rows (each torchrun rank its own share),
+metrics on the held-out rows.
+
+>>> import torch
+>>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+>>> from crosscoder.config import CrosscoderConfig, TrainConfig
+>>> from crosscoder.data import TokenRows
+>>> model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=8, d_vocab=50, act_fn="relu"))
+>>> rows = TokenRows(torch.randint(0, 50, (16, 8)), torch.randint(0, 50, (4, 8)), "random")
+>>> cfg = CrosscoderConfig(["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"], d_model=16, n_features=32)
+>>> result = fit(model, rows, TrainConfig(steps=3, batch_size=16), cc_cfg=cfg, fit_cfg=FitConfig(buffer_tokens=64), progress=False)
+>>> len(result.metrics.fvu_per_hookpoint)
+2
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, NamedTuple
+
+import torch
+
+from .build import build_crosscoder
+from .config import CrosscoderConfig, TrainConfig
+from .crosscoder import Crosscoder
+from .data import TokenRows
+from .errors import FeatgraphError
+from .harvest import ActivationBuffer, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales
+from .io import save_crosscoder
+from .metrics import CrosscoderMetrics, evaluate
+from .model_diff import model_diff, model_reconstruction_metrics
+from .train import TrainResult, finetune_crosscoder, train_crosscoder
+
+__all__ = ["FitConfig", "FitResult", "fit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """How activations reach the crosscoder and how it is checked, beyond the optimiser's schedule."""
+
+    buffer_tokens: int = 65_536
+    """Activations held by the shuffled buffer."""
+    norm_tokens: int = 20_000
+    """Training tokens used to estimate the per-hookpoint normalisation scales."""
+    model_batch_size: int = 32
+    """Token rows per forward pass of the model when harvesting."""
+    eval_rows: int = 64
+    """Held-out token rows for the final metrics."""
+    splice: bool = True
+    """Also measure splice-in CE loss recovered and KL (one forward pass per hookpoint); off is faster."""
+    splice_convention: Literal["saelens", "keep_bos"] = "saelens"
+    """CE loss recovered's zero-ablation baseline: ``saelens`` (whole tensor zeroed, BOS included, special tokens not
+    scored, as SAELens) or ``keep_bos`` (BOS kept clean, every position scored)."""
+    activation_cache: Path | None = None
+    """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted) and
+    train from it instead of running the model during training (one model, one process)."""
+    checkpoint_every: int = 0
+    """Steps between training checkpoints (0: none); they go to ``<out>.ckpt/``."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``<out>.ckpt/``."""
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_tokens", "norm_tokens", "model_batch_size", "eval_rows"):
+            if getattr(self, name) <= 0:
+                raise FeatgraphError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise FeatgraphError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.activation_cache is not None:
+            self.activation_cache = Path(self.activation_cache)
+
+
+class FitResult(NamedTuple):
+    cc: Crosscoder
+    metrics: CrosscoderMetrics | None   # None on torchrun ranks other than 0
+    train: TrainResult
+    model_diff: Any | None              # crosscoder.model_diff.ModelDiff for a model crosscoder
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _initialise(cfg: CrosscoderConfig, models: Any, rows: TokenRows, fit_cfg: FitConfig, seed: int, device: str) -> Crosscoder:
+    """A fresh crosscoder of ``cfg`` with its normalisation scales estimated on the training rows."""
+    if isinstance(models, Mapping):
+        check_models(list(models.values()), cfg.model_hookpoints, list(models))
+    else:
+        check_hookpoints(models, cfg.all_hookpoints)
+    torch.manual_seed(seed)
+    cc = build_crosscoder(cfg).to(device)
+    if isinstance(models, Mapping):
+        scales = estimate_model_norm_scales(list(models.values()), rows.train_NT, cfg.model_hookpoints,
+                                            n_tokens=fit_cfg.norm_tokens, batch_size=fit_cfg.model_batch_size)
+    else:
+        scales = estimate_norm_scales(models, rows.train_NT, cfg.all_hookpoints, n_tokens=fit_cfg.norm_tokens,
+                                      batch_size=fit_cfg.model_batch_size)
+    cc.norm_scale_L.copy_(scales)
+    return cc
+
+
+def _check_parent(cc: Crosscoder, models: Any) -> None:
+    from .apply import check_compatible
+
+    if isinstance(models, Mapping):
+        if list(cc.cfg.models or []) != list(models):
+            raise FeatgraphError(f"the parent crosscoder reads the models {cc.cfg.models}, not {list(models)}; pass --models with those names")
+        check_models(list(models.values()), cc.cfg.model_hookpoints, list(models))
+    else:
+        check_compatible(cc, models, where="the parent crosscoder")
+
+
+def _buffer(cc: Crosscoder, models: Any, rows: TokenRows, train_cfg: TrainConfig, fit_cfg: FitConfig, seed: int, device: str,
+            progress: bool) -> ActivationBuffer:
+    rank, world = _rank_world()
+    source = None
+    if fit_cfg.activation_cache is not None:
+        if world > 1 or isinstance(models, Mapping):
+            raise FeatgraphError("--activation-cache holds one model's activations in one process; drop it for a model "
+                                 "crosscoder or under torchrun (ranks harvest their own rows)")
+        from .activation_cache import write_activation_cache
+
+        source = write_activation_cache(models, rows.train_NT, cc.cfg.all_hookpoints, fit_cfg.activation_cache, progress=progress)
+    model_arg = dict(models) if isinstance(models, Mapping) else models
+    return ActivationBuffer(model_arg, rows.train_NT[rank::world], cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
+                            n_buffer_tokens=fit_cfg.buffer_tokens, model_batch_size=fit_cfg.model_batch_size, seed=seed + rank,
+                            device=device, source=source)
+
+
+def fit(
+    models: Any,
+    rows: TokenRows,
+    train_cfg: TrainConfig,
+    *,
+    cc_cfg: CrosscoderConfig | None = None,
+    parent: Crosscoder | None = None,
+    parent_path: str | os.PathLike | None = None,
+    stage: str | None = None,
+    fit_cfg: FitConfig | None = None,
+    out: str | os.PathLike | None = None,
+    extra: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FitResult:
+    """Train a new crosscoder of ``cc_cfg`` (or fine-tune ``parent`` as ``stage``) on ``models`` over ``rows``.
+
+    Parameters
+    ----------
+    models : HookedTransformer or mapping name → HookedTransformer
+        One model, or every model of a model crosscoder (``cc_cfg.models`` must list the same names, in order).
+    rows : TokenRows
+        Training rows (streamed through the buffer) and held-out rows (the metrics), BOS at position 0.
+    train_cfg : TrainConfig
+        The optimiser's schedule.
+    cc_cfg, parent, parent_path, stage
+        Either a config for a fresh crosscoder, or a loaded ``parent`` (from ``parent_path``, recorded in its lineage)
+        fine-tuned as ``stage``. A fresh crosscoder given a ``stage`` starts its lineage with it.
+    out : path, optional
+        Folder to save to (replaced atomically; checkpoints in ``<out>.ckpt/``). Under torchrun only rank 0 saves.
+    extra : mapping, optional
+        More JSON-able provenance for cfg.json (the run's configs).
+
+    Returns
+    -------
+    FitResult
+        The crosscoder (eval mode), its metrics on ``fit_cfg.eval_rows`` held-out rows, the training record and, for a
+        model crosscoder, its model diff.
+    """
+    fit_cfg = fit_cfg or FitConfig()
+    if (cc_cfg is None) == (parent is None):
+        raise FeatgraphError("fit() takes either cc_cfg (a new crosscoder) or parent (fine-tuning), not both or neither")
+    if parent is None:
+        cc = _initialise(cc_cfg, models, rows, fit_cfg, seed, device)
+    else:
+        cc = parent.to(device)
+        _check_parent(cc, models)
+    buf = _buffer(cc, models, rows, train_cfg, fit_cfg, seed, device, progress)
+    rank, _ = _rank_world()
+    ckpt = {}
+    if out is not None and fit_cfg.checkpoint_every > 0:
+        ckpt = dict(checkpoint_dir=str(out) + ".ckpt", checkpoint_every=fit_cfg.checkpoint_every, resume=fit_cfg.resume)
+    progress = progress and rank == 0
+    if parent is None:
+        result = train_crosscoder(cc, buf, train_cfg, progress=progress, **ckpt)
+        if isinstance(models, Mapping):
+            cc.lineage = [{"stage": stage or "model_crosscoder", "parent": None, "models": list(models)}]
+        elif stage is not None:
+            cc.lineage = [{"stage": stage, "parent": None}]
+    else:
+        cc, result = finetune_crosscoder(parent_path or "<in memory>", buf, train_cfg, stage=stage or "finetune", device=device,
+                                         cc=cc, progress=progress, **ckpt)
+    cc.eval()
+    if rank != 0:
+        return FitResult(cc, None, result, None)
+    val_NT = rows.val_NT[: fit_cfg.eval_rows]
+    diff = None
+    if isinstance(models, Mapping):
+        metrics = model_reconstruction_metrics(cc, models, val_NT)
+        diff = model_diff(cc)
+    else:
+        metrics = evaluate(cc, models, val_NT, splice=fit_cfg.splice, splice_convention=fit_cfg.splice_convention)
+    if out is not None:
+        meta = {"metrics": metrics.to_dict(), "data": rows.source, **(extra or {})}
+        if diff is not None:
+            meta["model_diff"] = diff.summary()
+        save_crosscoder(cc, out, extra=meta)
+        log.info("saved %s", out)
+    return FitResult(cc, metrics, result, diff)

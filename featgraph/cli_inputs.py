@@ -1,0 +1,86 @@
+"""What every command that runs a model shares: model and data flags, and the inputs they name.
+
+The flags are generated from :class:`~crosscoder.sources.ModelConfig` and :class:`~crosscoder.data.DataConfig`
+(:func:`featgraph.configs.add_config_arguments`), so every command takes the same ``--model``, ``--size``,
+``--backend``, ``--device``, ``--data``, ``--text-column``, ``--data-split``, ``--data-config``, ``--context-size``,
+``--max-tokens`` and ``--val-fraction``. A command that reads a saved crosscoder or graph starts from the model and data
+recorded in it (so ``graph build --crosscoder CC`` runs on the text CC was trained on) and the flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from crosscoder.data import DataConfig
+from crosscoder.errors import FeatgraphError
+from crosscoder.sources import ModelConfig
+
+from .configs import add_config_arguments, build_config, values_from_args
+
+__all__ = ["add_input_arguments", "input_configs", "recorded_inputs", "load_any_crosscoder", "config_record"]
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data`` and the rest of :class:`ModelConfig` and :class:`DataConfig` in one group."""
+    group = parser.add_argument_group("model and data")
+    add_config_arguments(group, ModelConfig)
+    add_config_arguments(group, DataConfig)
+
+
+def input_configs(args: argparse.Namespace, *recorded: Mapping[str, Any], where: str = "") -> tuple[ModelConfig, DataConfig]:
+    """ModelConfig and DataConfig from the ``recorded`` layers (a crosscoder's or graph's, a config file's; later
+    wins), then the flags the user typed."""
+    model = build_config(ModelConfig, *[r.get("model", {}) for r in recorded], values_from_args(args, ModelConfig), where=where)
+    data = build_config(DataConfig, *[r.get("data", {}) for r in recorded], values_from_args(args, DataConfig), where=where)
+    return model, data
+
+
+def config_record(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
+    """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them."""
+    def plain(cfg: Any) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+    return {"model": plain(model_cfg), "data": plain(data_cfg)}
+
+
+def recorded_inputs(folder: Path) -> dict[str, Any]:
+    """The model and data a featgraph crosscoder folder was trained on ({} for SAELens folders and older crosscoders)."""
+    cfg = Path(folder) / "cfg.json"
+    try:
+        meta = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if meta.get("format") != "featgraph.crosscoder":
+        return {}
+    extra = meta.get("extra", {})
+    record = {k: extra[k] for k in ("model", "data") if isinstance(extra.get(k), dict)}
+    if "model" not in record and isinstance(extra.get("run"), dict) and "model" in extra["run"]:  # written before the data sources
+        record["model"] = {k: extra["run"][k] for k in ("model", "size") if k in extra["run"]}
+    known_model = {f.name for f in dataclasses.fields(ModelConfig)}
+    known_data = {f.name for f in dataclasses.fields(DataConfig)}
+    return {"model": {k: v for k, v in record.get("model", {}).items() if k in known_model},
+            "data": {k: v for k, v in record.get("data", {}).items() if k in known_data}}
+
+
+def load_any_crosscoder(path: Path, device: str):
+    """A featgraph crosscoder folder, or a SAELens SAE folder."""
+    from crosscoder.io import load_crosscoder, read_crosscoder_meta
+
+    path = Path(path)
+    if (path / "cfg.json").is_file():
+        try:
+            fmt = json.loads((path / "cfg.json").read_text()).get("format")
+        except json.JSONDecodeError:
+            fmt = None
+        if fmt == "featgraph.crosscoder" or fmt is None and (path / "crosscoder.safetensors").is_file():
+            read_crosscoder_meta(path)  # one clear line for a broken cfg.json
+            return load_crosscoder(path, device=device)
+    if not path.is_dir():
+        raise FeatgraphError(f"{path} is not a crosscoder folder; pass a folder written by featgraph (cfg.json + crosscoder.safetensors) or a SAELens SAE folder")
+    from crosscoder.saelens import load_saelens
+
+    return load_saelens(path, device=device)
