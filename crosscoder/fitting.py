@@ -217,7 +217,7 @@ def fit(
     else:
         metrics = evaluate(cc, models, val_NT, splice=fit_cfg.splice, splice_convention=fit_cfg.splice_convention)
     if out is not None:
-        meta = {"metrics": metrics.to_dict(), "data": rows.source, **(extra or {})}
+        meta = {"metrics": metrics.to_dict(), "data_source": rows.source, **(extra or {})}
         if diff is not None:
             meta["model_diff"] = diff.summary()
         save_crosscoder(cc, out, extra=meta)

@@ -14,6 +14,7 @@ model's own held-out split) and name its default data source; any other model ne
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
@@ -25,7 +26,7 @@ from .model_loading import load_model
 from .registry import Registry
 
 __all__ = ["MODEL_PROVIDERS", "LoadedModel", "ModelConfig", "Inputs", "MultiInputs", "load_model_spec", "load_inputs",
-           "load_multi_inputs", "parse_model_specs"]
+           "load_multi_inputs", "parse_model_specs", "config_record", "recorded_inputs"]
 
 
 class LoadedModel(NamedTuple):
@@ -149,3 +150,30 @@ def load_multi_inputs(specs: list[str], model_cfg: ModelConfig, data_cfg: DataCo
         models.append(lm.model)
         reports.append(lm.report)
     return MultiInputs(names, models, rows, reports)
+
+
+def config_record(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
+    """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them."""
+    def plain(cfg: Any) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+    return {"model": plain(model_cfg), "data": plain(data_cfg)}
+
+
+def recorded_inputs(folder: Path) -> dict[str, Any]:
+    """The model and data a featgraph crosscoder folder was trained on ({} for SAELens folders and older crosscoders)."""
+    cfg = Path(folder) / "cfg.json"
+    try:
+        meta = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if meta.get("format") != "featgraph.crosscoder":
+        return {}
+    extra = meta.get("extra", {})
+    record = {k: extra[k] for k in ("model", "data") if isinstance(extra.get(k), dict)}
+    if "model" not in record and isinstance(extra.get("run"), dict) and "model" in extra["run"]:  # written before the data sources
+        record["model"] = {k: extra["run"][k] for k in ("model", "size") if k in extra["run"]}
+    known_model = {f.name for f in dataclasses.fields(ModelConfig)}
+    known_data = {f.name for f in dataclasses.fields(DataConfig)}
+    return {"model": {k: v for k, v in record.get("model", {}).items() if k in known_model},
+            "data": {k: v for k, v in record.get("data", {}).items() if k in known_data}}

@@ -10,7 +10,6 @@ recorded in it (so ``graph build --crosscoder CC`` runs on the text CC was train
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +20,7 @@ from crosscoder.sources import ModelConfig
 
 from .configs import add_config_arguments, build_config, values_from_args
 
-__all__ = ["add_input_arguments", "input_configs", "recorded_inputs", "load_any_crosscoder", "config_record"]
+__all__ = ["add_input_arguments", "input_configs", "load_any_crosscoder"]
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,33 +36,6 @@ def input_configs(args: argparse.Namespace, *recorded: Mapping[str, Any], where:
     model = build_config(ModelConfig, *[r.get("model", {}) for r in recorded], values_from_args(args, ModelConfig), where=where)
     data = build_config(DataConfig, *[r.get("data", {}) for r in recorded], values_from_args(args, DataConfig), where=where)
     return model, data
-
-
-def config_record(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
-    """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them."""
-    def plain(cfg: Any) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-    return {"model": plain(model_cfg), "data": plain(data_cfg)}
-
-
-def recorded_inputs(folder: Path) -> dict[str, Any]:
-    """The model and data a featgraph crosscoder folder was trained on ({} for SAELens folders and older crosscoders)."""
-    cfg = Path(folder) / "cfg.json"
-    try:
-        meta = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if meta.get("format") != "featgraph.crosscoder":
-        return {}
-    extra = meta.get("extra", {})
-    record = {k: extra[k] for k in ("model", "data") if isinstance(extra.get(k), dict)}
-    if "model" not in record and isinstance(extra.get("run"), dict) and "model" in extra["run"]:  # written before the data sources
-        record["model"] = {k: extra["run"][k] for k in ("model", "size") if k in extra["run"]}
-    known_model = {f.name for f in dataclasses.fields(ModelConfig)}
-    known_data = {f.name for f in dataclasses.fields(DataConfig)}
-    return {"model": {k: v for k, v in record.get("model", {}).items() if k in known_model},
-            "data": {k: v for k, v in record.get("data", {}).items() if k in known_data}}
 
 
 def load_any_crosscoder(path: Path, device: str):

@@ -33,7 +33,9 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig
 from crosscoder.sources import ModelConfig
 
-from .cli_inputs import add_input_arguments, config_record, input_configs, recorded_inputs
+from crosscoder.sources import config_record, recorded_inputs
+
+from .cli_inputs import add_input_arguments, input_configs
 from .configs import _hints, add_config_arguments, build_config, load_config_file, values_from_args
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "crosscoder_section"]

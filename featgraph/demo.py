@@ -8,6 +8,7 @@ it runs the same path on that model and text. It is a thin composition of the on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -24,7 +25,8 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
-from crosscoder.sources import ModelConfig, load_inputs
+from crosscoder.sources import ModelConfig, config_record, load_inputs
+
 
 from .export import write_graphml, write_json
 from .html import write_html
@@ -120,7 +122,8 @@ class DemoSummary:
 def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: DataConfig | None = None) -> DemoSummary:
     """Model and text → crosscoder (trained, or ``cfg.crosscoder``) → graph → files in ``cfg.out``; the summary."""
     t0 = time.perf_counter()
-    model_cfg, data_cfg = model_cfg or ModelConfig(size=cfg.size), data_cfg or DataConfig()
+    model_cfg = dataclasses.replace(model_cfg or ModelConfig(), size=cfg.size)  # the demo's size is the embedded model's
+    data_cfg = data_cfg or DataConfig()
     size = SIZES[cfg.size]
     device = resolve_device(model_cfg.device)
     inputs = load_inputs(model_cfg, data_cfg, seed=cfg.seed, progress=cfg.progress)
@@ -138,12 +141,13 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
 
     graph_cfg = GraphConfig(top_k=cfg.top_k, min_cocount=size.min_cocount, rows=size.graph_rows)
     graph, _ = build_graph(cc, model, torch.cat([rows.val_NT, rows.train_NT]), graph_cfg, seed=cfg.seed, progress=cfg.progress)
-    graph.meta.update({"model": model_cfg.model, "data": rows.source})
+    record = config_record(model_cfg, data_cfg)
+    graph.meta.update({"model": model_cfg.model, "model_config": record["model"], "data_config": record["data"], "data_source": rows.source})
 
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}
     if cfg.crosscoder is None:
-        extra = {"metrics": metrics.to_dict(), "data": rows.source, "train": asdict(train_cfg)}
+        extra = {"metrics": metrics.to_dict(), "data_source": rows.source, **config_record(model_cfg, data_cfg), "train": asdict(train_cfg)}
         paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra=extra))
     paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}"))
     paths["graphml"] = str(write_graphml(graph, cfg.out / "graph.graphml"))

@@ -22,7 +22,9 @@ import torch
 from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
-from .cli_inputs import add_input_arguments, config_record, input_configs, load_any_crosscoder, recorded_inputs
+from crosscoder.sources import config_record, recorded_inputs
+
+from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
 from .configs import add_config_arguments, build_config, values_from_args
 from .pipeline import GraphConfig
 

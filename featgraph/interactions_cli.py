@@ -23,7 +23,9 @@ import torch
 from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
-from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder, recorded_inputs
+from crosscoder.sources import recorded_inputs
+
+from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
 
 __all__ = ["add_interactions_parser", "site_kind"]
 
