@@ -263,7 +263,7 @@ def _diff(args: argparse.Namespace) -> int:
 
         saved = read_crosscoder_meta(args.crosscoder)["extra"]
         model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
-        seed = saved.get("run", {}).get("seed", 0) if args.seed is None else args.seed
+        seed = _recorded_seed(args.crosscoder) if args.seed is None else args.seed
         multi = load_multi_inputs(saved.get("run", {}).get("models") or list(cc.cfg.models), model_cfg, data_cfg, seed=seed,
                                   progress=not args.quiet)
         cc = cc.to(resolve_device(model_cfg.device))
@@ -288,7 +288,8 @@ def _eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
     cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
-    inputs = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
+    seed = args.seed if args.seed is not None else _recorded_seed(args.crosscoder)
+    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
     check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
     metrics = evaluate(cc, inputs.model, inputs.rows.val_NT[: args.rows], splice=not args.no_splice,
                        splice_convention=args.splice_convention)
@@ -297,6 +298,14 @@ def _eval(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps(metrics.to_dict(), indent=2))
     print(_summary("evaluated", cc, metrics, Path(args.crosscoder), time.perf_counter() - t0))
     return 0
+
+
+def _recorded_seed(folder: Path) -> int:
+    """The seed a featgraph crosscoder's run used (0 when it has none: SAELens folders, older crosscoders)."""
+    from crosscoder.io import read_crosscoder_meta
+
+    seed = read_crosscoder_meta(folder)["extra"].get("run", {}).get("seed", 0)
+    return seed if isinstance(seed, int) else 0
 
 
 def _quiet(p: argparse.ArgumentParser) -> None:
@@ -336,7 +345,7 @@ def add_crosscoder_parser(sub) -> None:
     e = cmds.add_parser("eval", help="every metric of a saved crosscoder on held-out rows (default: the model and data it was trained on)")
     e.add_argument("crosscoder", type=Path)
     add_input_arguments(e)
-    e.add_argument("--seed", type=int, default=0, help="seed of the model provider and the data split (default: 0)")
+    e.add_argument("--seed", type=int, default=None, help="seed of the model provider and the data split (default: the crosscoder's run)")
     e.add_argument("--rows", type=int, default=64, help="held-out token rows (default: 64)")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
     e.add_argument("--no-splice", action="store_true", help="skip the splice-in forward passes")

@@ -1,6 +1,8 @@
 """Layers that hold: analyses → featgraph → crosscoder, checked on every import statement (module level or not)."""
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,35 @@ def test_the_walker_sees_a_violation(tmp_path):
     bad.write_text("def f():\n    from analyses.providers import embedded_model\n    import analyses\n    from ..pipeline import x\n")
     found = [n for _, n in _imports(bad, "featgraph", tmp_path)]
     assert found == ["analyses.providers", "analyses", "featgraph.pipeline"]
+
+
+def _declared() -> set[str]:
+    """Distribution names in pyproject.toml's dependencies and optional dependencies, normalised."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"]) + [d for extra in project.get("optional-dependencies", {}).values() for d in extra]
+    return {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in specs}
+
+
+OPTIONAL_IMPORTS = {"httpx"}
+"""Imported only inside ``contextlib.suppress(ImportError)``: used when present, never required."""
+
+
+def test_every_imported_package_is_declared():
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    declared = _declared()
+    missing = set()
+    for package in ("crosscoder", "featgraph", "analyses"):
+        for path in _files(package):
+            for _, name in _imports(path, package):
+                top = name.split(".")[0]
+                if not top or top in sys.stdlib_module_names or top in ("crosscoder", "featgraph", "analyses") or top in OPTIONAL_IMPORTS:
+                    continue
+                if not any(d.lower().replace("_", "-") in declared for d in dists.get(top, [top])):
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
