@@ -2,6 +2,7 @@ import os
 import warnings
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -23,3 +24,58 @@ def tiny_embedded(_isolated_cache):
     from analyses.tiny_model import TINY, load_embedded
 
     return load_embedded(TINY, progress=False)
+
+
+# ---- a local random-weight checkpoint (test_model_loading, test_bridge) -----------------------------------
+
+VOCAB = 512
+N_CTX = 512
+SENTENCES = [
+    "once upon a time there was a little girl named lily",
+    "she liked to play in the park with her dog",
+    "one day the dog found a big red ball under a tree",
+    "they played all day and were very happy",
+]
+
+
+def build_word_tokenizer():
+    """A tiny word-level tokenizer wrapped as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<bos>", "<eos>"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=specials))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+    )
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A random-weight TinyStories-33M-shaped GPT-Neo (4 layers) saved with a tokenizer."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoConfig(
+        vocab_size=VOCAB,
+        hidden_size=768,
+        num_layers=4,
+        num_heads=16,
+        attention_types=[[["global", "local"], 2]],
+        window_size=256,
+        max_position_embeddings=N_CTX,
+        intermediate_size=3072,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    hf_model = GPTNeoForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tinystories-like")
+    hf_model.save_pretrained(path)
+    build_word_tokenizer().save_pretrained(path)
+    return path, hf_model

@@ -22,14 +22,8 @@ from crosscoder.model_loading import (
 
 pytest.importorskip("transformer_lens.model_bridge", reason="TransformerBridge needs transformer-lens >= 3")
 
-VOCAB = 512
-N_CTX = 512
-SENTENCES = [
-    "once upon a time there was a little girl named lily",
-    "she liked to play in the park with her dog",
-    "one day the dog found a big red ball under a tree",
-    "they played all day and were very happy",
-]
+from conftest import N_CTX, VOCAB  # the checkpoint fixture is in conftest
+
 # Hookpoints featgraph reads: residual stream, MLP output and input (normalised), attention output and input.
 HOOKPOINTS = [
     "blocks.0.hook_resid_pre",
@@ -41,37 +35,6 @@ HOOKPOINTS = [
     "blocks.2.ln1.hook_normalized",
     "blocks.3.hook_resid_post",
 ]
-
-
-def _build_tokenizer():
-    """A tiny word-level tokenizer wrapped as a PreTrainedTokenizerFast (as in test_model_loading)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<pad>", "<bos>", "<eos>"]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=specials))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
-    )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random-weight TinyStories-33M-shaped GPT-Neo (4 layers) saved with a tokenizer (as in test_model_loading)."""
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
-
-    torch.manual_seed(0)
-    config = GPTNeoConfig(
-        vocab_size=VOCAB, hidden_size=768, num_layers=4, num_heads=16, attention_types=[[["global", "local"], 2]],
-        window_size=256, max_position_embeddings=N_CTX, intermediate_size=3072, bos_token_id=2, eos_token_id=3,
-    )
-    hf_model = GPTNeoForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tinystories-like")
-    hf_model.save_pretrained(path)
-    _build_tokenizer().save_pretrained(path)
-    return path, hf_model
 
 
 @pytest.fixture(scope="module")

@@ -11,57 +11,7 @@ from crosscoder import model_loading
 from crosscoder.errors import FeatgraphError
 from crosscoder.model_loading import is_hf_checkpoint_dir, load_model
 
-VOCAB = 512
-N_CTX = 512
-SENTENCES = [
-    "once upon a time there was a little girl named lily",
-    "she liked to play in the park with her dog",
-    "one day the dog found a big red ball under a tree",
-    "they played all day and were very happy",
-]
-
-
-def _build_tokenizer():
-    """A tiny word-level tokenizer wrapped as a PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<pad>", "<bos>", "<eos>"]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=specials))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-    )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random-weight TinyStories-33M-shaped GPT-Neo (4 layers) saved with a tokenizer."""
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
-
-    torch.manual_seed(0)
-    config = GPTNeoConfig(
-        vocab_size=VOCAB,
-        hidden_size=768,
-        num_layers=4,
-        num_heads=16,
-        attention_types=[[["global", "local"], 2]],
-        window_size=256,
-        max_position_embeddings=N_CTX,
-        intermediate_size=3072,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    hf_model = GPTNeoForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tinystories-like")
-    hf_model.save_pretrained(path)
-    _build_tokenizer().save_pretrained(path)
-    return path, hf_model
+from conftest import VOCAB  # the checkpoint fixture is in conftest
 
 
 @pytest.fixture(scope="module")
