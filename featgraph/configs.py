@@ -45,6 +45,7 @@ __all__ = [
     "add_config_arguments",
     "build_config",
     "coerce",
+    "config_hints",
     "field_docs",
     "flag_name",
     "load_config_file",
@@ -117,7 +118,8 @@ def _plain(doc: str) -> str:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def config_hints(cls: type) -> dict[str, Any]:
+    """Field name → resolved type hint of a config dataclass (string annotations evaluated; cached)."""
     try:
         return typing.get_type_hints(cls)
     except Exception as e:  # a programming error in the config class, said plainly
@@ -471,7 +473,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     _check_names(cls, "rename", rename or {})
     if only is not None:
         _check_names(cls, "only", only)
-    hints, docs = _hints(cls), field_docs(cls)
+    hints, docs = config_hints(cls), field_docs(cls)
     taken_flags = set(parser._option_string_actions)
     taken_dests = {a.dest for a in parser._actions}
     added = []
@@ -589,7 +591,7 @@ def _names(sections: Mapping[str, type]) -> str:
 
 def _section_values(table: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
     fields = [f.name for f in _init_fields(cls)]
-    hints = _hints(cls)
+    hints = config_hints(cls)
     values = {}
     for key, value in table.items():
         if key not in fields:

@@ -36,7 +36,7 @@ from crosscoder.sources import ModelConfig
 from crosscoder.sources import config_record, recorded_inputs
 
 from .cli_inputs import add_input_arguments, input_configs
-from .configs import _hints, add_config_arguments, build_config, load_config_file, values_from_args
+from .configs import add_config_arguments, config_hints, build_config, load_config_file, values_from_args
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "crosscoder_section"]
 
@@ -81,7 +81,7 @@ def crosscoder_section() -> type:
     names (and plain names, as cfg.json keeps them)."""
     extra = {}
     for options in _options_classes().values():
-        hints = _hints(options)
+        hints = config_hints(options)
         for field, flat in _flat_names(options).items():
             extra.setdefault(flat, hints[field])
             extra.setdefault(field, hints[field])
@@ -93,7 +93,7 @@ def _union(name: str, classes: list[type], exclude: tuple[str, ...] = (), extra:
     section that feeds several configs."""
     fields, seen = [], set()
     for cls in classes:
-        hints = _hints(cls)
+        hints = config_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name in seen or f.name in exclude or not f.init:
                 continue
