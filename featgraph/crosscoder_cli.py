@@ -137,8 +137,7 @@ def _configs(args: argparse.Namespace) -> dict[str, Any]:
         return build_config(cls, run_section, *sections, values_from_args(args, cls), where=where)
 
     crosscoder = {**file["crosscoder"], **{k: v for k, v in values_from_args(args, CrosscoderConfig).items() if k not in _FIXED}}
-    if hasattr(args, "architecture") or file["crosscoder"]:
-        crosscoder.update(_typed_options(args, crosscoder.get("architecture")))
+    crosscoder.update(_typed_options(args, crosscoder.get("architecture")))
     return {"run": make(RunConfig), "model": make(ModelConfig, file["model"]), "data": make(DataConfig, file["data"]),
             "fit": make(FitConfig, file["fit"]), "train": build_config(TrainConfig, file["train"], values_from_args(args, TrainConfig), where=where),
             "crosscoder": crosscoder}

@@ -39,8 +39,16 @@ def _write_graph(graph, out: Path, title: str) -> list[Path]:
     return [write_json(graph, out / "graph.json"), write_graphml(graph, out / "graph.graphml"), write_html(graph, out / "graph.html", title=title)]
 
 
+def _recorded_models(folder: Path) -> list[str] | None:
+    """The ``--models`` a model crosscoder was trained with (NAME=SPEC entries), if recorded."""
+    try:
+        return json.loads((Path(folder) / "cfg.json").read_text())["extra"]["run"]["models"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
 def _build(args: argparse.Namespace) -> int:
-    from crosscoder.sources import load_inputs
+    from crosscoder.sources import load_inputs, load_multi_inputs
 
     from .pipeline import GraphConfig, build_graph
     from .stats import save_stats
@@ -51,11 +59,21 @@ def _build(args: argparse.Namespace) -> int:
     model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder[0]))
     device = resolve_device(model_cfg.device)
     ccs = [load_any_crosscoder(p, device) for p in args.crosscoder]
-    inputs = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
-    rows = torch.cat([inputs.rows.val_NT, inputs.rows.train_NT])[: graph_cfg.rows]
-    graph, stats = build_graph(ccs, inputs.model, rows, graph_cfg, seed=args.seed, progress=not args.quiet)
+    if ccs[0].cfg.models:  # a model crosscoder: every model it reads, on the first one's text
+        if len(ccs) > 1:
+            raise FeatgraphError("a model crosscoder's graph is built on its own; pass one --crosscoder")
+        specs = _recorded_models(args.crosscoder[0]) or list(ccs[0].cfg.models)
+        multi = load_multi_inputs(specs, model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
+        model, token_rows = dict(zip(multi.names, multi.models)), multi.rows
+    else:
+        if args.side is not None:
+            raise FeatgraphError("--side applies to a model crosscoder (trained with --models); drop it")
+        inputs = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
+        model, token_rows = inputs.model, inputs.rows
+    rows = torch.cat([token_rows.val_NT, token_rows.train_NT])[: graph_cfg.rows]
+    graph, stats = build_graph(ccs, model, rows, graph_cfg, side=args.side, seed=args.seed, progress=not args.quiet)
     record = config_record(model_cfg, data_cfg)
-    graph.meta.update({"model": model_cfg.model, "model_config": record["model"], "data_config": record["data"], "data_source": inputs.rows.source,
+    graph.meta.update({"model": model_cfg.model, "model_config": record["model"], "data_config": record["data"], "data_source": token_rows.source,
                        "crosscoders": [str(Path(p).resolve()) for p in args.crosscoder]})
     paths = _write_graph(graph, args.out, f"featgraph: {graph.meta['kind']} graph of {model_cfg.model}")
     save_stats(stats, args.out / "stats", meta={"layer_F": graph.meta.get("layer_F"), "hookpoints": graph.meta.get("hookpoints", []),
@@ -161,6 +179,7 @@ def add_graph_parser(sub) -> None:
                    help="a crosscoder folder (featgraph or SAELens); repeat it for a stack of per-layer SAEs, in layer order")
     b.add_argument("--out", type=Path, required=True)
     add_config_arguments(b.add_argument_group("graph"), GraphConfig)
+    b.add_argument("--side", default=None, help="model crosscoder: encode only this model's activations (default: every model jointly)")
     add_input_arguments(b)
     b.add_argument("--seed", type=int, default=0, help="seed of the communities, the model provider and the data split (default: 0)")
     b.add_argument("--quiet", action="store_true")

@@ -39,3 +39,19 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert main(["crosscoder", "train", "--config", str(cfg), "--size", "tiny", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "unknown architecture 'gated'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_architecture_options_from_flags(tmp_path, capsys, tiny_embedded):
+    """An option flag reaches its architecture's options; one of another architecture is one clear line."""
+    out = tmp_path / "r"
+    assert main(["crosscoder", "train", "--size", "tiny", "--sparsity-norm", "l2_of_norms", "--n-features", "16", "--steps", "5",
+                 "--batch-size", "64", "--buffer-tokens", "256", "--eval-rows", "2", "--no-splice", "--out", str(out), "--quiet"]) == 0
+    assert load_crosscoder(out).cfg.options["sparsity_norm"] == "l2_of_norms"
+    capsys.readouterr()
+    assert main(["crosscoder", "train", "--size", "tiny", "--k", "4", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--k is an option of architecture batchtopk, not relu" in err[0]
+    assert main(["crosscoder", "train", "--size", "tiny", "--architecture", "jumprelu", "--jumprelu-threshold-grad", "jumping_ahead",
+                 "--n-features", "16", "--steps", "5", "--batch-size", "64", "--buffer-tokens", "256", "--eval-rows", "2", "--no-splice",
+                 "--out", str(tmp_path / "j"), "--quiet"]) == 0
+    assert load_crosscoder(tmp_path / "j").cfg.options["threshold_grad"] == "jumping_ahead"

@@ -390,6 +390,7 @@ def test_train_model_crosscoder_graph_and_diff_file(pair, tmp_path):
 
 def test_cli_trains_a_model_crosscoder_and_diffs_it(tmp_path, capsys, tiny_embedded):
     from featgraph.cli import main
+    from featgraph.export import read_json
 
     out = tmp_path / "mc"
     assert main(["crosscoder", "train", "--size", "tiny", "--models", "base=embedded,copy=embedded", "--n-features", "32",
@@ -405,6 +406,11 @@ def test_cli_trains_a_model_crosscoder_and_diffs_it(tmp_path, capsys, tiny_embed
     assert f"shared {rec['counts']['shared']}" in printed and len(rec["hist_counts"]) == 10 and rec["model_norm"] == "concat"
     assert main(["crosscoder", "diff", str(out), "--a", "base", "--b", "base"]) == 2
     assert "compare two different models" in capsys.readouterr().err
+    # graph build runs every model the crosscoder reads, on the recorded data
+    assert main(["graph", "build", "--crosscoder", str(out), "--out", str(tmp_path / "g"), "--side", "copy", "--min-cocount", "1",
+                 "--rows", "20", "--quiet"]) == 0
+    graph = read_json(tmp_path / "g" / "graph.json")
+    assert graph.meta["side"] == "copy" and graph.meta["models"] == ["base", "copy"] and "rel_norm" in graph.node_attrs
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
