@@ -140,12 +140,11 @@ def load_multi_inputs(specs: list[str], model_cfg: ModelConfig, data_cfg: DataCo
                       progress: bool = True) -> MultiInputs:
     """Every model of ``specs`` (``NAME=SPEC``) and the first model's token rows, on which all of them run."""
     names, models, reports, rows = [], [], [], None
+    device = resolve_device(model_cfg.device)
     for name, spec in parse_model_specs(specs):
-        inputs_cfg = dataclasses.replace(model_cfg, model=spec)
-        device = resolve_device(model_cfg.device)
         lm = load_model_spec(spec, device=device, seed=seed, size=model_cfg.size, backend=model_cfg.backend, progress=progress)
         if rows is None:
-            rows = _rows(lm, inputs_cfg, data_cfg, seed, progress)
+            rows = _rows(lm, dataclasses.replace(model_cfg, model=spec), data_cfg, seed, progress)
         names.append(name)
         models.append(lm.model)
         reports.append(lm.report)
