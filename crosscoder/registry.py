@@ -90,6 +90,13 @@ class Registry(Generic[T]):
         return sorted(set(self._entries) | set(self._entry_points()))
 
     def items(self) -> Iterator[tuple[str, T]]:
-        """(name, entry) for every name, loading the entry points."""
+        """(name, entry) for every name that loads, loading the entry points; an installed plug-in that does not import
+        is skipped with a warning here (and says why when it is asked for by name), so one broken plug-in does not
+        break every command."""
         for name in self.names():
-            yield name, self.get(name)
+            try:
+                entry = self.get(name)
+            except FeatgraphError as e:
+                log.warning("skipping %s: %s", self.kind, e)
+                continue
+            yield name, entry

@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, NamedTuple
 from .config import resolve_device
 from .data import DataConfig, TokenRows, load_token_rows
 from .errors import FeatgraphError
-from .model_loading import load_model
+from .model_loading import DEFAULT_BACKEND, load_model
 from .registry import Registry
 
 __all__ = ["MODEL_PROVIDERS", "LoadedModel", "ModelConfig", "Inputs", "MultiInputs", "load_model_spec", "load_inputs",
@@ -51,7 +51,7 @@ class ModelConfig:
     or a local HuggingFace checkpoint folder."""
     size: str = "default"
     """Size of a provider's model (the embedded model: ``default`` or ``tiny``); ignored by other models."""
-    backend: Literal["hooked", "bridge"] = "hooked"
+    backend: Literal["hooked", "bridge"] = DEFAULT_BACKEND
     """How TransformerLens loads a named or local model: ``hooked`` (HookedTransformer) or ``bridge`` (TransformerBridge)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
@@ -75,7 +75,7 @@ class MultiInputs(NamedTuple):
     reports: list[dict | None]
 
 
-def load_model_spec(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
+def load_model_spec(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = DEFAULT_BACKEND,
                     progress: bool = True) -> LoadedModel:
     """A registered provider's model, or a TransformerLens name / local checkpoint loaded with ``backend``."""
     if spec in MODEL_PROVIDERS:
@@ -152,27 +152,35 @@ def load_multi_inputs(specs: list[str], model_cfg: ModelConfig, data_cfg: DataCo
 
 
 def config_record(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
-    """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them."""
+    """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them (the
+    device is left out: it belongs to the machine, not to the crosscoder)."""
     def plain(cfg: Any) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
-    return {"model": plain(model_cfg), "data": plain(data_cfg)}
+    model = plain(model_cfg)
+    model.pop("device", None)
+    return {"model": model, "data": plain(data_cfg)}
 
 
 def recorded_inputs(folder: Path) -> dict[str, Any]:
-    """The model and data a featgraph crosscoder folder was trained on ({} for SAELens folders and older crosscoders)."""
-    cfg = Path(folder) / "cfg.json"
+    """What a featgraph crosscoder folder was trained on, for later commands to start from: ``model`` and ``data``
+    (config fields; the device is left out, it belongs to the machine), ``seed`` (None if unknown) and ``models`` (the
+    ``--models`` entries of a model crosscoder, else None). Empty records for SAELens folders and older crosscoders."""
+    empty: dict[str, Any] = {"model": {}, "data": {}, "seed": None, "models": None}
     try:
-        meta = json.loads(cfg.read_text())
+        meta = json.loads((Path(folder) / "cfg.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
-    if meta.get("format") != "featgraph.crosscoder":
-        return {}
-    extra = meta.get("extra", {})
-    record = {k: extra[k] for k in ("model", "data") if isinstance(extra.get(k), dict)}
-    if "model" not in record and isinstance(extra.get("run"), dict) and "model" in extra["run"]:  # written before the data sources
-        record["model"] = {k: extra["run"][k] for k in ("model", "size") if k in extra["run"]}
-    known_model = {f.name for f in dataclasses.fields(ModelConfig)}
+        return empty
+    if not isinstance(meta, dict) or meta.get("format") != "featgraph.crosscoder":
+        return empty
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    run = extra.get("run") if isinstance(extra.get("run"), dict) else {}
+    model = extra.get("model") if isinstance(extra.get("model"), dict) else {k: run[k] for k in ("model", "size") if k in run}
+    data = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+    known_model = {f.name for f in dataclasses.fields(ModelConfig)} - {"device"}
     known_data = {f.name for f in dataclasses.fields(DataConfig)}
-    return {"model": {k: v for k, v in record.get("model", {}).items() if k in known_model},
-            "data": {k: v for k, v in record.get("data", {}).items() if k in known_data}}
+    seed = extra.get("seed", run.get("seed"))
+    models = run.get("models") or (meta.get("config") or {}).get("models")
+    return {"model": {k: v for k, v in model.items() if k in known_model}, "data": {k: v for k, v in data.items() if k in known_data},
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            "models": list(models) if isinstance(models, list) else None}

@@ -33,8 +33,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 def input_configs(args: argparse.Namespace, *recorded: Mapping[str, Any], where: str = "") -> tuple[ModelConfig, DataConfig]:
     """ModelConfig and DataConfig from the ``recorded`` layers (a crosscoder's or graph's, a config file's; later
     wins), then the flags the user typed."""
-    model = build_config(ModelConfig, *[r.get("model", {}) for r in recorded], values_from_args(args, ModelConfig), where=where)
-    data = build_config(DataConfig, *[r.get("data", {}) for r in recorded], values_from_args(args, DataConfig), where=where)
+    model = build_config(ModelConfig, *[r.get("model", {}) for r in recorded], values_from_args(args, ModelConfig), where=where,
+                         skip_none=False)
+    data = build_config(DataConfig, *[r.get("data", {}) for r in recorded], values_from_args(args, DataConfig), where=where,
+                        skip_none=False)
     return model, data
 
 

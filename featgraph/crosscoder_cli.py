@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crosscoder.build import ARCHITECTURES
-from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, option_flag_names, resolve_device
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig
@@ -65,24 +65,23 @@ _FIXED = ("hookpoints", "d_model", "model_name", "seed", "models", "options")
 """CrosscoderConfig fields the command sets itself (from RunConfig and the model), not flags."""
 
 
-def _options_classes() -> dict[str, type]:
-    """Architecture name → its options dataclass."""
-    return {name: cls.Options for name, cls in ARCHITECTURES.items()}
+def _architectures() -> dict[str, type]:
+    """Architecture name → its class (which carries its ``Options`` dataclass)."""
+    return dict(ARCHITECTURES.items())
 
 
-def _flat_names(options: type) -> dict[str, str]:
-    """Option field → its flat name in flags and config files (``bandwidth`` → ``jumprelu_bandwidth``)."""
-    prefix = getattr(options, "FLAG_PREFIX", "")
-    return {f.name: prefix + f.name for f in dataclasses.fields(options)}
+def _flag_rename(arch: type) -> dict[str, str]:
+    """``rename`` for :func:`add_config_arguments`: option field → flag (``bandwidth`` → ``jumprelu-bandwidth``)."""
+    return {f: flat.replace("_", "-") for f, flat in option_flag_names(arch).items()}
 
 
 def crosscoder_section() -> type:
     """The ``[crosscoder]`` section's type: CrosscoderConfig's own fields and every architecture's options by their flat
     names (and plain names, as cfg.json keeps them)."""
     extra = {}
-    for options in _options_classes().values():
-        hints = config_hints(options)
-        for field, flat in _flat_names(options).items():
+    for arch in _architectures().values():
+        hints = config_hints(arch.Options)
+        for field, flat in option_flag_names(arch).items():
             extra.setdefault(flat, hints[field])
             extra.setdefault(field, hints[field])
     return _union("CrosscoderSection", [CrosscoderConfig], exclude=_FIXED, extra=extra)
@@ -114,13 +113,15 @@ def _sections() -> dict[str, type]:
 def _typed_options(args: argparse.Namespace, architecture: str | None) -> dict[str, Any]:
     """The architecture options typed on the command line, by flat name; an option of another architecture is an error."""
     chosen = architecture or "relu"
+    archs = _architectures()
+    chosen_fields = {f.name for f in dataclasses.fields(archs[chosen].Options)} if chosen in archs else set()
     out = {}
-    for name, options in _options_classes().items():
-        flat = _flat_names(options)
-        typed = values_from_args(args, options, rename={f: n.replace("_", "-") for f, n in flat.items()})
+    for name, arch in archs.items():
+        flat = option_flag_names(arch)
+        typed = values_from_args(args, arch.Options, rename=_flag_rename(arch))
         if typed and name != chosen:
-            if not all(f in _options_classes().get(chosen, object).__dataclass_fields__ for f in typed):
-                key = next(iter(typed))
+            if not set(typed) <= chosen_fields:
+                key = next(f for f in typed if f not in chosen_fields)
                 raise FeatgraphError(f"--{flat[key].replace('_', '-')} is an option of architecture {name}, not {chosen}; "
                                      f"drop it or pass --architecture {name}")
         out.update({flat[f]: v for f, v in typed.items()})
@@ -134,12 +135,13 @@ def _configs(args: argparse.Namespace) -> dict[str, Any]:
     where = str(args.config) if args.config else "command line"
 
     def make(cls, *sections):
-        return build_config(cls, run_section, *sections, values_from_args(args, cls), where=where)
+        return build_config(cls, run_section, *sections, values_from_args(args, cls), where=where, skip_none=False)
 
     crosscoder = {**file["crosscoder"], **{k: v for k, v in values_from_args(args, CrosscoderConfig).items() if k not in _FIXED}}
     crosscoder.update(_typed_options(args, crosscoder.get("architecture")))
-    return {"run": make(RunConfig), "model": make(ModelConfig, file["model"]), "data": make(DataConfig, file["data"]),
-            "fit": make(FitConfig, file["fit"]), "train": build_config(TrainConfig, file["train"], values_from_args(args, TrainConfig), where=where),
+    typed_run = {**run_section, **values_from_args(args, RunConfig)}
+    return {"set": set(typed_run),"run": make(RunConfig), "model": make(ModelConfig, file["model"]), "data": make(DataConfig, file["data"]),
+            "fit": make(FitConfig, file["fit"]), "train": build_config(TrainConfig, file["train"], values_from_args(args, TrainConfig), where=where, skip_none=False),
             "crosscoder": crosscoder}
 
 
@@ -206,7 +208,7 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
 
 def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     from crosscoder.fitting import fit
-    from crosscoder.io import load_crosscoder, read_crosscoder_meta
+    from crosscoder.io import load_crosscoder
     from crosscoder.sources import load_inputs, load_multi_inputs
 
     t0 = time.perf_counter()
@@ -218,8 +220,11 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     parent_cc = None
     if parent is not None:
         parent_cc = load_crosscoder(parent, device=device)
+        recorded = recorded_inputs(parent)
+        if "seed" not in cfgs["set"] and recorded["seed"] is not None:  # the parent's seed (it picks the embedded model)
+            run.seed = recorded["seed"]
         if parent_cc.cfg.models and run.models is None:  # a model crosscoder: its models, as it was trained
-            run.models = read_crosscoder_meta(parent)["extra"].get("run", {}).get("models")
+            run.models = recorded["models"] or list(parent_cc.cfg.models)
     if run.models:
         multi = load_multi_inputs(run.models, model_cfg, data_cfg, seed=run.seed, progress=progress)
         models, rows, first, model_name = dict(zip(multi.names, multi.models)), multi.rows, multi.models[0], "+".join(multi.names)
@@ -247,7 +252,7 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     """``featgraph crosscoder diff CC_DIR``: shared / exclusive counts and the r histogram; JSON with ``--out``."""
-    from crosscoder.io import load_crosscoder, read_crosscoder_meta
+    from crosscoder.io import load_crosscoder
     from crosscoder.model_diff import model_diff, save_model_diff
 
     cc = load_crosscoder(args.crosscoder)
@@ -260,10 +265,10 @@ def _diff(args: argparse.Namespace) -> int:
         from crosscoder.model_diff import latent_scaling
         from crosscoder.sources import load_multi_inputs
 
-        saved = read_crosscoder_meta(args.crosscoder)["extra"]
-        model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
-        seed = _recorded_seed(args.crosscoder) if args.seed is None else args.seed
-        multi = load_multi_inputs(saved.get("run", {}).get("models") or list(cc.cfg.models), model_cfg, data_cfg, seed=seed,
+        recorded = recorded_inputs(args.crosscoder)
+        model_cfg, data_cfg = input_configs(args, recorded)
+        seed = args.seed if args.seed is not None else recorded["seed"] or 0
+        multi = load_multi_inputs(recorded["models"] or list(cc.cfg.models), model_cfg, data_cfg, seed=seed,
                                   progress=not args.quiet)
         cc = cc.to(resolve_device(model_cfg.device))
         batches = harvest_models(multi.models, multi.rows.val_NT[: args.scaling_rows], cc.cfg.model_hookpoints, device=cc.device,
@@ -285,9 +290,10 @@ def _eval(args: argparse.Namespace) -> int:
     from crosscoder.sources import load_inputs
 
     t0 = time.perf_counter()
-    model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
+    recorded = recorded_inputs(args.crosscoder)
+    model_cfg, data_cfg = input_configs(args, recorded)
     cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
-    seed = args.seed if args.seed is not None else _recorded_seed(args.crosscoder)
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
     inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
     check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
     metrics = evaluate(cc, inputs.model, inputs.rows.val_NT[: args.rows], splice=not args.no_splice,
@@ -297,14 +303,6 @@ def _eval(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps(metrics.to_dict(), indent=2))
     print(_summary("evaluated", cc, metrics, Path(args.crosscoder), time.perf_counter() - t0))
     return 0
-
-
-def _recorded_seed(folder: Path) -> int:
-    """The seed a featgraph crosscoder's run used (0 when it has none: SAELens folders, older crosscoders)."""
-    from crosscoder.io import read_crosscoder_meta
-
-    seed = read_crosscoder_meta(folder)["extra"].get("run", {}).get("seed", 0)
-    return seed if isinstance(seed, int) else 0
 
 
 def _quiet(p: argparse.ArgumentParser) -> None:
@@ -319,9 +317,8 @@ def _training_flags(p: argparse.ArgumentParser, *, new: bool) -> None:
     if new:
         group = p.add_argument_group("crosscoder")
         add_config_arguments(group, CrosscoderConfig, exclude=_FIXED)
-        for name, options in _options_classes().items():
-            add_config_arguments(p.add_argument_group(f"{name} architecture"), options,
-                                 rename={f: n.replace("_", "-") for f, n in _flat_names(options).items()})
+        for name, arch in _architectures().items():
+            add_config_arguments(p.add_argument_group(f"{name} architecture"), arch.Options, rename=_flag_rename(arch))
     add_config_arguments(p.add_argument_group("training"), TrainConfig)
     add_config_arguments(p.add_argument_group("activations and evaluation"), FitConfig)
     _quiet(p)

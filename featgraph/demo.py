@@ -147,7 +147,8 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
     cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
     paths = {}
     if cfg.crosscoder is None:
-        extra = {"metrics": metrics.to_dict(), "data_source": rows.source, **config_record(model_cfg, data_cfg), "train": asdict(train_cfg)}
+        extra = {"metrics": metrics.to_dict(), "data_source": rows.source, "seed": cfg.seed, **config_record(model_cfg, data_cfg),
+                 "train": asdict(train_cfg)}
         paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra=extra))
     paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}"))
     paths["graphml"] = str(write_graphml(graph, cfg.out / "graph.graphml"))

@@ -22,10 +22,11 @@ import torch
 from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 
-from crosscoder.sources import config_record, recorded_inputs
+from crosscoder.sources import ModelConfig, config_record, recorded_inputs
 
 from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
 from .configs import add_config_arguments, build_config, values_from_args
+from .crosslayer import SPAR_ACTIVE_FRAC
 from .pipeline import GraphConfig
 
 __all__ = ["add_graph_parser"]
@@ -39,14 +40,6 @@ def _write_graph(graph, out: Path, title: str) -> list[Path]:
     return [write_json(graph, out / "graph.json"), write_graphml(graph, out / "graph.graphml"), write_html(graph, out / "graph.html", title=title)]
 
 
-def _recorded_models(folder: Path) -> list[str] | None:
-    """The ``--models`` a model crosscoder was trained with (NAME=SPEC entries), if recorded."""
-    try:
-        return json.loads((Path(folder) / "cfg.json").read_text())["extra"]["run"]["models"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        return None
-
-
 def _build(args: argparse.Namespace) -> int:
     from crosscoder.sources import load_inputs, load_multi_inputs
 
@@ -55,27 +48,28 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
-    graph_cfg = build_config(GraphConfig, values_from_args(args, GraphConfig), where="graph build")
-    model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder[0]))
+    graph_cfg = build_config(GraphConfig, values_from_args(args, GraphConfig), where="graph build", skip_none=False)
+    recorded = recorded_inputs(args.crosscoder[0])
+    model_cfg, data_cfg = input_configs(args, recorded)
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
     device = resolve_device(model_cfg.device)
     ccs = [load_any_crosscoder(p, device) for p in args.crosscoder]
     if ccs[0].cfg.models:  # a model crosscoder: every model it reads, on the first one's text
         if len(ccs) > 1:
             raise FeatgraphError("a model crosscoder's graph is built on its own; pass one --crosscoder")
-        specs = _recorded_models(args.crosscoder[0]) or list(ccs[0].cfg.models)
-        multi = load_multi_inputs(specs, model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
-        model, token_rows = dict(zip(multi.names, multi.models)), multi.rows
+        multi = load_multi_inputs(recorded["models"] or list(ccs[0].cfg.models), model_cfg, data_cfg, seed=seed, progress=not args.quiet)
+        model, token_rows, model_name = dict(zip(multi.names, multi.models)), multi.rows, "+".join(multi.names)
     else:
         if args.side is not None:
             raise FeatgraphError("--side applies to a model crosscoder (trained with --models); drop it")
-        inputs = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
-        model, token_rows = inputs.model, inputs.rows
+        inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
+        model, token_rows, model_name = inputs.model, inputs.rows, model_cfg.model
     rows = torch.cat([token_rows.val_NT, token_rows.train_NT])[: graph_cfg.rows]
-    graph, stats = build_graph(ccs, model, rows, graph_cfg, side=args.side, seed=args.seed, progress=not args.quiet)
+    graph, stats = build_graph(ccs, model, rows, graph_cfg, side=args.side, seed=seed, progress=not args.quiet)
     record = config_record(model_cfg, data_cfg)
-    graph.meta.update({"model": model_cfg.model, "model_config": record["model"], "data_config": record["data"], "data_source": token_rows.source,
+    graph.meta.update({"model": model_name, "model_config": record["model"], "data_config": record["data"], "data_source": token_rows.source,
                        "crosscoders": [str(Path(p).resolve()) for p in args.crosscoder]})
-    paths = _write_graph(graph, args.out, f"featgraph: {graph.meta['kind']} graph of {model_cfg.model}")
+    paths = _write_graph(graph, args.out, f"featgraph: {graph.meta['kind']} graph of {model_name}")
     save_stats(stats, args.out / "stats", meta={"layer_F": graph.meta.get("layer_F"), "hookpoints": graph.meta.get("hookpoints", []),
                                                   "n_rows": int(rows.shape[0]), "active_frac": graph.meta["options"]["active_frac"]})
     print(f"{graph.meta['kind']} graph: {graph.n_nodes} nodes, {graph.n_edges} edges, {graph.meta['n_communities']} communities, "
@@ -150,11 +144,13 @@ def _prompt(args: argparse.Namespace) -> int:
     from .export import read_json
 
     graph = read_json(Path(args.graph_dir) / "graph.json")
-    recorded = {"model": graph.meta.get("model_config") or {"model": graph.meta.get("model", "embedded")}}
+    recorded = {"model": {k: v for k, v in (graph.meta.get("model_config") or {"model": graph.meta.get("model", "embedded")}).items()
+                          if k != "device"}}
     model_cfg, _ = input_configs(args, recorded)
     device = resolve_device(model_cfg.device)
     ccs = [load_any_crosscoder(Path(p), device) for p in graph.meta["crosscoders"]]
-    model = load_model_spec(model_cfg.model, device=device, seed=args.seed, size=model_cfg.size, backend=model_cfg.backend,
+    seed = args.seed if args.seed is not None else graph.meta.get("seed", 0)
+    model = load_model_spec(model_cfg.model, device=device, seed=seed, size=model_cfg.size, backend=model_cfg.backend,
                             progress=not args.quiet).model
     tok = model.tokenizer
     if tok is None:
@@ -181,7 +177,8 @@ def add_graph_parser(sub) -> None:
     add_config_arguments(b.add_argument_group("graph"), GraphConfig)
     b.add_argument("--side", default=None, help="model crosscoder: encode only this model's activations (default: every model jointly)")
     add_input_arguments(b)
-    b.add_argument("--seed", type=int, default=0, help="seed of the communities, the model provider and the data split (default: 0)")
+    b.add_argument("--seed", type=int, default=None,
+                   help="seed of the communities, the model provider and the data split (default: the crosscoder's, else 0)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(run=_build)
 
@@ -204,7 +201,7 @@ def add_graph_parser(sub) -> None:
     g.add_argument("--gate-threshold", dest="gate_threshold", type=float, default=0.999)
     g.add_argument("--min-count", dest="min_count", type=int, default=10)
     g.add_argument("--show", type=int, default=20)
-    g.add_argument("--active-frac", dest="active_frac", type=float, default=0.2,
+    g.add_argument("--active-frac", dest="active_frac", type=float, default=SPAR_ACTIVE_FRAC,
                    help="the activity rule the statistics were built with: active above this fraction of the feature's max "
                         "(default 0.2, spar-2024's rule and `graph build`'s default for stacks; 0 = any positive activation)")
     g.set_defaults(run=_gates)
@@ -213,8 +210,8 @@ def add_graph_parser(sub) -> None:
     q.add_argument("graph_dir", type=Path, help="a folder written by `graph build`")
     q.add_argument("--text", required=True)
     q.add_argument("--out", type=Path, required=True)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=None, help="seed of the model provider (default: the graph's)")
     q.add_argument("--min-act", dest="min_act", type=float, default=0.0)
-    add_input_arguments(q)
+    add_config_arguments(q.add_argument_group("model (default: the graph's)"), ModelConfig)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(run=_prompt)

@@ -104,9 +104,12 @@ def _rank(args: argparse.Namespace) -> int:
     kind, layer = site_kind(args.site, args.kind)
     if args.out.exists() and not args.out.is_dir():
         raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
-    model_cfg, data_cfg = input_configs(args, recorded_inputs(args.crosscoder))
+    recorded = recorded_inputs(args.crosscoder)
+    model_cfg, data_cfg = input_configs(args, recorded)
     device = resolve_device(model_cfg.device)
     cc = load_any_crosscoder(args.crosscoder, device)
+    if args.seed is None:
+        args.seed = recorded["seed"] or 0
     data = load_inputs(model_cfg, data_cfg, seed=args.seed, progress=not args.quiet)
     rows = torch.cat([data.rows.val_NT, data.rows.train_NT])[: args.rows]
     token_str = token_decoder(data.model)
@@ -236,7 +239,7 @@ def add_interactions_parser(sub) -> None:
                    help="a co-activation graph.json to merge with into one typed multigraph (merged.json, merged.graphml)")
     add_input_arguments(r)
     r.add_argument("--rows", type=int, default=200, help="token rows the interactions are accumulated over (default: 200)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=None, help="seed of the model provider, the data split and the Δ² pairs (default: the crosscoder's, else 0)")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(run=_rank)

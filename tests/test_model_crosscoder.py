@@ -353,7 +353,7 @@ def _fit_pair(models, rows, steps=40, device="cpu"):
     from crosscoder.data import TokenRows
     from crosscoder.fitting import FitConfig, fit
 
-    cfg = CrosscoderConfig(HPS, D, 24, models=list(models), model_name="base+tuned")
+    cfg = CrosscoderConfig(HPS, D, 24, models=["base", "tuned"], model_name="base+tuned")
     return fit(models, TokenRows(rows, rows, "pair"), TrainConfig(steps=steps, batch_size=64, lr=3e-3, l1_coeff=0.5), cc_cfg=cfg,
                fit_cfg=FitConfig(buffer_tokens=1024), seed=0, device=device, progress=False).cc
 
@@ -366,6 +366,8 @@ def test_train_model_crosscoder_graph_and_diff_file(pair, tmp_path):
     assert cc.cfg.models == ["base", "tuned"] and cc.cfg.all_hookpoints[2] == "tuned/" + HPS[0] and not cc.training
     again = _fit_pair(models, rows)
     assert torch.equal(cc.W_dec_FLD, again.W_dec_FLD)  # one seed reaches every random choice
+    swapped = _fit_pair({"tuned": models["tuned"], "base": models["base"]}, rows)  # the crosscoder's order wins, scales included
+    assert torch.equal(swapped.norm_scale_L, cc.norm_scale_L) and torch.equal(swapped.W_dec_FLD, cc.W_dec_FLD)
     joint = torch.cat([c.f_nF for c in model_feature_activations(cc, models, rows, batch_size=10)])
     side = torch.cat([c.f_nF for c in model_feature_activations(cc, models, rows, batch_size=10, side="base")])
     acts = torch.cat(list(harvest_models(list(models.values()), rows, HPS)))

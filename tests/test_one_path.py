@@ -66,3 +66,36 @@ def test_public_api_names_resolve():
             assert getattr(package, name) is not None, name
     assert callable(fg.fit) and callable(crosscoder.fit) and fg.fit is crosscoder.fit
     assert fg.build_graph.__module__ == "featgraph.pipeline"
+
+
+def test_later_commands_start_from_the_recorded_seed_and_none_overrides(tmp_path, capsys, tiny_embedded):
+    cc = tmp_path / "cc1"
+    assert main(["crosscoder", "train", "--size", "tiny", "--seed", "1", "--n-features", "16", "--steps", "5", "--batch-size", "64",
+                 "--buffer-tokens", "256", "--eval-rows", "2", "--no-splice", "--out", str(cc), "--quiet"]) == 0
+    assert json.loads((cc / "cfg.json").read_text())["extra"]["seed"] == 1
+    assert main(["graph", "build", "--crosscoder", str(cc), "--out", str(tmp_path / "g"), "--min-cocount", "1", "--rows", "20",
+                 "--top-k", "none", "--threshold", "0.05", "--quiet"]) == 0
+    graph = read_json(tmp_path / "g" / "graph.json")
+    assert "seed 1" in graph.meta["data_source"] and graph.meta["seed"] == 1  # the seed-1 embedded model, not seed 0's
+    assert graph.meta["options"]["top_k"] is None and graph.meta["options"]["threshold"] == 0.05  # a typed none overrides
+
+
+def test_a_broken_plugin_is_skipped_when_listing(caplog):
+    from crosscoder.registry import Registry
+
+    class Broken:
+        name, value = "broken", "not_a_module_anywhere:thing"
+
+        def load(self):
+            raise ImportError("No module named 'not_a_module_anywhere'")
+
+    reg = Registry("study", "featgraph.test-none")
+    reg.register("good", 1)
+    reg._points = {"broken": Broken()}
+    assert list(reg.items()) == [("good", 1)] and "broken" in caplog.text
+    try:
+        reg.get("broken")
+    except fg.FeatgraphError as e:
+        assert "does not import" in str(e) and "\n" not in str(e)
+    else:
+        raise AssertionError("asking for a broken plug-in by name must say why")
