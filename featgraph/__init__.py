@@ -20,11 +20,11 @@ _EXPORTS = {
     "load_model": "crosscoder.model_loading",
     "DataConfig": "crosscoder.data", "TokenRows": "crosscoder.data", "load_token_rows": "crosscoder.data",
     "CrosscoderConfig": "crosscoder.config", "TrainConfig": "crosscoder.config", "default_hookpoints": "crosscoder.config",
-    "FitConfig": "crosscoder.fitting", "fit": "crosscoder.fitting",
+    "FitConfig": "crosscoder.config", "fit": "crosscoder.fitting",
     "build_crosscoder": "crosscoder.build", "load_crosscoder": "crosscoder.io", "save_crosscoder": "crosscoder.io",
     "evaluate": "crosscoder.metrics", "feature_activations": "crosscoder.apply", "model_diff": "crosscoder.model_diff",
     "FeatgraphError": "crosscoder.errors",
-    "GraphConfig": ".pipeline", "GraphResult": ".pipeline", "build_graph": ".pipeline", "token_decoder": ".pipeline",
+    "GraphConfig": ".options", "GraphResult": ".pipeline", "build_graph": ".pipeline", "token_decoder": ".pipeline",
     "FeatureGraph": ".graph",
     "CoactivationStats": ".stats", "save_stats": ".stats", "load_stats": ".stats",
     "coactivation_graph": ".coactivation",
@@ -37,7 +37,7 @@ _EXPORTS = {
     "write_report": ".report",
     "mlp_interactions": ".mlp_interactions", "qk_interactions": ".attention_interactions", "ov_interactions": ".attention_interactions",
     "stack_graph": ".crosslayer", "prompt_graph": ".crosslayer", "find_gates": ".crosslayer", "pass_through_counts": ".crosslayer",
-    "DemoConfig": ".demo", "run_demo": ".demo",
+    "DemoConfig": ".options", "run_demo": ".demo",
     "STUDIES": ".studies", "Study": ".studies",
 }
 

@@ -26,7 +26,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from .demo import run_demo
+    from .options import DemoConfig
 
     values = {**values_from_args(args, DemoConfig), "progress": not args.quiet}
     cfg = build_config(DemoConfig, values, where="featgraph demo")
@@ -43,8 +44,8 @@ def _study(args: argparse.Namespace) -> int:
     values = {**values_from_args(args, study.config), "progress": not args.quiet}
     cfg = build_config(study.config, values, where=f"featgraph study {args.study}")
     data_cfg = build_config(DataConfig, values_from_args(args, DataConfig), where=f"featgraph study {args.study}")
-    report = study.run(cfg, data=data_cfg)
-    print("\n".join(study.summary_lines(report)))
+    report = study.runner()(cfg, data=data_cfg)
+    print("\n".join(study.summarise(report)))
     return 0
 
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="end to end: model and text → crosscoder → co-activation graph → HTML (embedded default)")
-    from .demo import DemoConfig
+    from .options import DemoConfig
 
     add_config_arguments(d, DemoConfig, exclude=("progress",))
     add_input_arguments(d)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from crosscoder.build import ARCHITECTURES
-from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, option_flag_names, resolve_device
+from crosscoder.config import CrosscoderConfig, FitConfig, TrainConfig, default_hookpoints, option_flag_names, resolve_device
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
-from crosscoder.fitting import FitConfig
+
 from crosscoder.sources import ModelConfig
 
 from crosscoder.sources import config_record, recorded_inputs

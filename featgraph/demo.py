@@ -13,15 +13,12 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
 
 import torch
 
 from crosscoder.apply import check_compatible
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
 from crosscoder.data import DataConfig
-from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
 from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
 from crosscoder.metrics import evaluate
@@ -30,63 +27,12 @@ from crosscoder.sources import ModelConfig, config_record, load_inputs
 
 from .export import write_graphml, write_json
 from .html import write_html
-from .pipeline import GraphConfig, build_graph
+from .options import SIZES, DemoConfig, GraphConfig
+from .pipeline import build_graph
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo", "SIZES"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoSize:
-    """How big each stage of the demo is."""
-
-    n_features: int
-    cc_steps: int
-    cc_batch: int
-    graph_rows: int
-    """Token rows streamed into the graph statistics."""
-    eval_rows: int
-    """Held-out token rows for the crosscoder metrics."""
-    min_cocount: int
-    """Co-count floor for an edge (a significance filter for rare features)."""
-    cc_lr: float = 2e-3
-    """Crosscoder learning rate (short runs take a higher one)."""
-
-
-SIZES = {
-    "default": DemoSize(n_features=1024, cc_steps=600, cc_batch=1024, graph_rows=600, eval_rows=200, min_cocount=5),
-    "tiny": DemoSize(n_features=64, cc_steps=40, cc_batch=128, graph_rows=40, eval_rows=20, min_cocount=2),
-}
-
-
-@dataclass
-class DemoConfig:
-    """Options of ``featgraph demo``."""
-
-    out: Path = Path("featgraph_out")
-    """Folder for every file the demo writes (created; must not be a file)."""
-    seed: int = 0
-    """One seed for the model provider, the crosscoder, the buffer and the communities."""
-    hookpoints: list[str] | None = None
-    """Hookpoints to read; default blocks.0.hook_resid_pre and every blocks.N.hook_resid_post."""
-    crosscoder: Path | None = None
-    """Use this saved crosscoder instead of training one."""
-    size: Literal["default", "tiny"] = "default"
-    """Demo size (and the embedded model's): ``tiny`` runs in seconds, for smoke tests."""
-    top_k: int = 8
-    """Edges kept per feature (the strongest by Pearson)."""
-    l1_coeff: float = 2.0
-    """λ of the crosscoder's sparsity penalty."""
-    progress: bool = True
-    """Show progress bars."""
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.size not in SIZES:
-            raise FeatgraphError(f"unknown demo size {self.size!r}; choose one of {sorted(SIZES)}")
-        if self.out.exists() and not self.out.is_dir():
-            raise FeatgraphError(f"output path {self.out} is a file; pass --out with a folder path")
 
 
 @dataclass

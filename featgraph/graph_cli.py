@@ -27,7 +27,7 @@ from crosscoder.sources import ModelConfig, config_record, recorded_inputs
 from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
 from .configs import add_config_arguments, build_config, values_from_args
 from .crosslayer import SPAR_ACTIVE_FRAC
-from .pipeline import GraphConfig
+from .options import GraphConfig
 
 __all__ = ["add_graph_parser"]
 
@@ -43,7 +43,7 @@ def _write_graph(graph, out: Path, title: str) -> list[Path]:
 def _build(args: argparse.Namespace) -> int:
     from crosscoder.sources import load_inputs, load_multi_inputs
 
-    from .pipeline import GraphConfig, build_graph
+    from .pipeline import build_graph
     from .stats import save_stats
 
     if args.out.exists() and not args.out.is_dir():

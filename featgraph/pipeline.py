@@ -17,8 +17,7 @@ Python API all call it, so the same options give the same graph whichever entry 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,52 +32,10 @@ from .coactivation import add_layer_profiles, add_model_diff, add_top_contexts, 
 from .communities import leiden
 from .crosslayer import SPAR_ACTIVE_FRAC, stack_graph
 from .graph import FeatureGraph
-from .measures import MEASURES
+from .options import GraphConfig
 from .stats import CoactivationStats, feature_max
 
-__all__ = ["GraphConfig", "GraphResult", "build_graph", "token_decoder"]
-
-
-@dataclass
-class GraphConfig:
-    """Which edges a feature graph keeps and how its communities are found."""
-
-    measure: str = "pearson"
-    """Edge weight: pearson, jaccard, sufficiency, necessity, mutual_information or decoder_cosine."""
-    top_k: int | None = 8
-    """Edges kept per feature: the strongest at either endpoint (None: no top-k pruning)."""
-    threshold: float | None = None
-    """Keep edges with weight ≥ this (with or without top-k)."""
-    min_cocount: int = 5
-    """Co-count floor for an edge: a significance filter for rare features."""
-    active_frac: float | None = None
-    """A feature is active above this fraction of its max activation (0: any positive activation; > 0 costs a second
-    pass); unset = 0 for one crosscoder and spar-2024's 0.2 for a stack of SAEs (which the gates need)."""
-    decoder_cosine: bool = True
-    """Add the cosine of the two features' flattened decoders to every edge (one crosscoder)."""
-    objective: Literal["modularity", "cpm", "rbconfiguration"] = "modularity"
-    """Leiden's objective for the communities."""
-    resolution: float = 1.0
-    """Leiden's resolution γ."""
-    rows: int = 600
-    """Token rows streamed into the statistics."""
-    batch_size: int = 32
-    """Token rows per forward pass."""
-
-    def __post_init__(self) -> None:
-        allowed = sorted(MEASURES) + ["decoder_cosine"]
-        if self.measure not in allowed:
-            raise FeatgraphError(f"unknown measure {self.measure!r}; choose one of {', '.join(allowed)}")
-        if self.measure == "decoder_cosine" and not self.decoder_cosine:
-            raise FeatgraphError("measure decoder_cosine needs decoder_cosine on; drop --no-decoder-cosine")
-        if self.top_k is not None and self.top_k < 1:
-            raise FeatgraphError(f"top_k must be >= 1 (or unset), got {self.top_k}")
-        if self.top_k is None and self.threshold is None:
-            raise FeatgraphError("a graph needs top_k or threshold (or both) to prune its edges; set one")
-        if self.min_cocount < 1 or self.rows < 1 or self.batch_size < 1:
-            raise FeatgraphError(f"min_cocount, rows and batch_size must be >= 1, got {self.min_cocount}, {self.rows}, {self.batch_size}")
-        if self.active_frac is not None and not 0.0 <= self.active_frac < 1.0:
-            raise FeatgraphError(f"active_frac must lie in [0, 1), got {self.active_frac}")
+__all__ = ["GraphConfig", "GraphResult", "build_graph", "token_decoder"]  # GraphConfig lives in featgraph.options
 
 
 class GraphResult(NamedTuple):

@@ -10,6 +10,7 @@ party adds one in its own ``pyproject.toml`` without editing featgraph::
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,16 +21,30 @@ __all__ = ["Study", "STUDIES"]
 
 @dataclass(frozen=True)
 class Study:
-    """A registered study."""
+    """A registered study. ``run`` and ``summary_lines`` may be ``"module:function"`` strings, imported only when the
+    study runs, so that listing the studies and building their flags stays cheap."""
 
     config: type
     """Its config dataclass (fields documented: they become the command's flags)."""
-    run: Callable[..., dict]
+    run: Callable[..., dict] | str
     """``run(cfg, data=DataConfig) -> report`` (JSON-able); writes its own files under the config's output folder."""
-    summary_lines: Callable[[dict], list[str]]
+    summary_lines: Callable[[dict], list[str]] | str
     """The printed summary of a report."""
     help: str = ""
     """One line for ``featgraph study --help``."""
+
+    def runner(self) -> Callable[..., dict]:
+        return _resolve(self.run)
+
+    def summarise(self, report: dict) -> list[str]:
+        return _resolve(self.summary_lines)(report)
+
+
+def _resolve(target: Callable | str) -> Callable:
+    if callable(target):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 STUDIES: Registry[Any] = Registry("study", "featgraph.studies")

@@ -99,3 +99,10 @@ def test_a_broken_plugin_is_skipped_when_listing(caplog):
         assert "does not import" in str(e) and "\n" not in str(e)
     else:
         raise AssertionError("asking for a broken plug-in by name must say why")
+
+
+def test_graph_measure_names_match_the_measures():
+    from featgraph.measures import MEASURES
+    from featgraph.options import MEASURE_NAMES
+
+    assert sorted(MEASURE_NAMES) == sorted([*MEASURES, "decoder_cosine"])
