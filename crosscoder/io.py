@@ -13,6 +13,7 @@ io → build → architectures).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from .config import CrosscoderConfig
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 
-__all__ = ["save_crosscoder", "load_crosscoder", "atomic_dir", "atomic_file", "FORMAT_NAME"]
+__all__ = ["save_crosscoder", "load_crosscoder", "atomic_dir", "atomic_file", "strict_json", "FORMAT_NAME"]
 
 FORMAT_NAME = "featgraph.crosscoder"
 FORMAT_VERSION = 1
@@ -97,8 +98,24 @@ def save_crosscoder(cc: Crosscoder, folder: str | os.PathLike, extra: dict[str, 
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in cc.state_dict().items()}
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
-        (tmp / CFG_FILE).write_text(json.dumps(meta, indent=2))
+        (tmp / CFG_FILE).write_text(json.dumps(strict_json(meta), indent=2, allow_nan=False))
     return Path(folder)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, so the JSON written is strict (no bare ``NaN``,
+    which ``JSON.parse`` rejects): a missing value is ``null`` — e.g. the latent-scaling β of a feature that never fired.
+
+    >>> strict_json({"beta": [1.0, float("nan")], "x": float("inf")})
+    {'beta': [1.0, None], 'x': None}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def load_json_file(path: Path, fix: str) -> Any:

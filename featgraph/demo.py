@@ -20,7 +20,7 @@ from crosscoder.apply import check_compatible
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
 from crosscoder.data import DataConfig
 from crosscoder.fitting import FitConfig, fit
-from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder
+from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder, strict_json
 from crosscoder.metrics import evaluate
 from crosscoder.sources import ModelConfig, config_record, load_inputs
 
@@ -110,5 +110,5 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
     )
     paths["summary"] = str(cfg.out / "summary.json")
     with atomic_file(cfg.out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(asdict(summary), indent=2))
+        tmp.write_text(json.dumps(strict_json(asdict(summary)), indent=2, allow_nan=False))
     return summary

@@ -104,11 +104,28 @@ def write_json(graph: FeatureGraph, path: str | os.PathLike) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> FeatureGraph:
+    """A graph.json written by featgraph (networkx node-link JSON); anything else is one clear error line."""
     import networkx as nx
 
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    g = nx.node_link_graph(doc, edges="links")
-    return FeatureGraph.from_networkx(g, weight_key=doc["graph"].get("weight_key", "weight"))
+    path = Path(path)
+    fix = "pass a graph.json written by `featgraph demo`, `graph build` or `interactions rank`"
+    if path.is_dir():
+        raise FeatgraphError(f"{path} is a folder, not a graph file; {fix} (e.g. {path / 'graph.json'})")
+    if not path.is_file():
+        raise FeatgraphError(f"{path} does not exist; {fix}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FeatgraphError(f"{path} is not a JSON graph ({' '.join(str(e).split())[:120]}); {fix}") from None
+    except OSError as e:
+        raise FeatgraphError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from None
+    if not isinstance(doc, dict) or not {"nodes", "links", "graph"} <= set(doc):
+        raise FeatgraphError(f"{path} is JSON but not a featgraph graph (no nodes/links/graph); {fix}")
+    try:
+        g = nx.node_link_graph(doc, edges="links")
+        return FeatureGraph.from_networkx(g, weight_key=doc["graph"].get("weight_key", "weight"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise FeatgraphError(f"{path} is not a well-formed featgraph graph ({type(e).__name__}: {e}); {fix}") from None
 
 
 def _scalar_graph(graph: FeatureGraph):
