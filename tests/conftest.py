@@ -79,3 +79,25 @@ def checkpoint(tmp_path_factory):
     hf_model.save_pretrained(path)
     build_word_tokenizer().save_pretrained(path)
     return path, hf_model
+
+
+def empty_hf_cache(tmp_path, monkeypatch):
+    """Point the HuggingFace cache at an empty folder (constants are read at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+
+# ---- planted activations (test_architectures, test_arch_registry) ---------------------------------------------
+
+def planted_batches(seed=5):
+    """A source of (128, 2, 8) batches: sparse codes over 12 fixed directions at two hookpoints."""
+    dirs = torch.randn(12, 2, 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+
+    def batch():
+        codes = torch.rand(128, 12, generator=g) * (torch.rand(128, 12, generator=g) < 0.15)
+        return torch.einsum("bf,fld->bld", codes, dirs)
+
+    return batch

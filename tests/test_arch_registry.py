@@ -22,18 +22,12 @@ from crosscoder.io import load_crosscoder, save_crosscoder
 from crosscoder.saelens import save_saelens
 from crosscoder.train import train_crosscoder
 
+from conftest import planted_batches
+
 HPS = ["h0", "h1"]
 
 
-def planted(seed=5):
-    dirs = torch.randn(12, 2, 8, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(seed)
 
-    def batch():
-        codes = torch.rand(128, 12, generator=g) * (torch.rand(128, 12, generator=g) < 0.15)
-        return torch.einsum("bf,fld->bld", codes, dirs)
-
-    return batch
 
 
 # ---- the built-ins ------------------------------------------------------------------------------------------
@@ -171,7 +165,7 @@ def test_a_toy_architecture_builds_trains_saves_and_loads(toy, tmp_path):
     assert "shifted_relu" in ARCHITECTURES.names() and cfg.arch_options == ShiftOptions(0.05)
     cc = build_crosscoder(cfg)
     assert type(cc) is toy
-    res = train_crosscoder(cc, planted(), TrainConfig(steps=150, batch_size=128, lr=3e-3, l1_coeff=0.01, log_every=25), progress=False)
+    res = train_crosscoder(cc, planted_batches(), TrainConfig(steps=150, batch_size=128, lr=3e-3, l1_coeff=0.01, log_every=25), progress=False)
     assert res.history[-1]["mse"] < 0.5 * res.history[0]["mse"], res.history
     assert not torch.equal(cc.gain_F, torch.ones(24))  # its own parameter trained
     save_crosscoder(cc, tmp_path / "toy")
@@ -180,7 +174,7 @@ def test_a_toy_architecture_builds_trains_saves_and_loads(toy, tmp_path):
     back = load_crosscoder(tmp_path / "toy")
     assert type(back) is toy and back.cfg == cc.cfg and not back.training
     assert torch.equal(back.gain_F, cc.gain_F)
-    x = planted(seed=8)()
+    x = planted_batches(seed=8)()
     assert torch.equal(back(x), cc(x))
     with pytest.raises(FeatgraphError, match=r"^unknown shifted_relu option 'k'; allowed: shift$"):
         CrosscoderConfig(HPS, 8, 24, architecture="shifted_relu", options={"k": 3})
@@ -202,7 +196,7 @@ def test_training_calls_sync_distributed_after_the_gradient_all_reduce(toy, monk
     monkeypatch.setattr(train_module, "_world", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, op=None: t.mul_(2))
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-    x = planted()()
+    x = planted_batches()()
     for cc in (toy(CrosscoderConfig(HPS, 8, 24, architecture="shifted_relu")), build_crosscoder(CrosscoderConfig.from_flat(HPS, 8, 24, architecture="batchtopk", k=4))):
         cc.train()
         cc.loss(cc.normalise(x), 0.1).loss.backward()

@@ -9,21 +9,15 @@ from crosscoder.io import load_crosscoder, save_crosscoder
 from crosscoder.jumprelu import jumprelu
 from crosscoder.train import finetune_crosscoder, train_crosscoder
 
+from conftest import planted_batches
+
 
 def cfg(arch, F=24, **kw):
     """BatchTopK's k and aux_k as flat keywords: the other architectures ignore them."""
     return CrosscoderConfig.from_flat(["h0", "h1"], d_model=8, n_features=F, architecture=arch, k=4, aux_k=8, dead_after_tokens=256, **kw)
 
 
-def planted_batches(seed=5):
-    dirs = torch.randn(12, 2, 8, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(seed)
 
-    def batch():
-        codes = torch.rand(128, 12, generator=g) * (torch.rand(128, 12, generator=g) < 0.15)
-        return torch.einsum("bf,fld->bld", codes, dirs)
-
-    return batch
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())

@@ -22,7 +22,7 @@ from crosscoder.model_loading import (
 
 pytest.importorskip("transformer_lens.model_bridge", reason="TransformerBridge needs transformer-lens >= 3")
 
-from conftest import N_CTX, VOCAB  # the checkpoint fixture is in conftest
+from conftest import N_CTX, VOCAB, empty_hf_cache  # the checkpoint fixture is in conftest
 
 # Hookpoints featgraph reads: residual stream, MLP output and input (normalised), attention output and input.
 HOOKPOINTS = [
@@ -262,16 +262,8 @@ def test_bridge_refuses_what_hooked_refuses(tmp_path, checkpoint):
         load_model(str(tmp_path), backend="bridge")
 
 
-def _empty_hf_cache(tmp_path, monkeypatch):
-    """Point the HuggingFace cache at an empty folder (constants are read at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-
-
 def test_bridge_name_offline(tmp_path, monkeypatch):
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(FeatgraphError, match="could not be loaded offline") as info:
@@ -281,7 +273,7 @@ def test_bridge_name_offline(tmp_path, monkeypatch):
 
 
 def test_bridge_name_hub_unreachable(tmp_path, monkeypatch):
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *model_loading._PROXY_VARS):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=2.0: False)
@@ -293,7 +285,7 @@ def test_bridge_name_hub_unreachable(tmp_path, monkeypatch):
 
 def test_bridge_name_from_cache_offline(tmp_path, monkeypatch, checkpoint, models):
     """A TransformerLens alias resolves to its HuggingFace id and boots from the cache, offline."""
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     repo = tmp_path / "hf" / "hub" / "models--roneneldan--TinyStories-33M"
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)

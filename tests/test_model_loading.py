@@ -11,7 +11,7 @@ from crosscoder import model_loading
 from crosscoder.errors import FeatgraphError
 from crosscoder.model_loading import is_hf_checkpoint_dir, load_model
 
-from conftest import VOCAB  # the checkpoint fixture is in conftest
+from conftest import VOCAB, empty_hf_cache  # the checkpoint fixture is in conftest
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +77,8 @@ def test_unknown_name(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def _empty_hf_cache(tmp_path, monkeypatch):
-    """Point the HuggingFace cache at an empty folder (constants are read at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-
-
 def test_official_name_offline(tmp_path, monkeypatch):
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(FeatgraphError, match="could not be loaded offline") as info:
@@ -97,7 +89,7 @@ def test_official_name_offline(tmp_path, monkeypatch):
 
 def test_official_alias_hub_unreachable(tmp_path, monkeypatch):
     """Without HF_HUB_OFFLINE, a failed probe makes the load fail fast instead of retrying."""
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *model_loading._PROXY_VARS):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=2.0: False)
@@ -109,7 +101,7 @@ def test_official_alias_hub_unreachable(tmp_path, monkeypatch):
 
 def test_official_name_from_cache_offline(tmp_path, monkeypatch, checkpoint):
     """A name whose files are in the HuggingFace cache loads offline, through TL's own path."""
-    _empty_hf_cache(tmp_path, monkeypatch)
+    empty_hf_cache(tmp_path, monkeypatch)
     repo = tmp_path / "hf" / "hub" / "models--roneneldan--TinyStories-33M"
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
