@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
-from .io import atomic_file, load_crosscoder, save_crosscoder
+from .io import apply_umask, atomic_file, load_crosscoder, save_crosscoder
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint"]
 
@@ -106,6 +106,7 @@ def save_checkpoint(
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "world_size": world}))
     _barrier()
     if rank == 0:
+        apply_umask(tmp)  # safetensors writes 0600
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         with atomic_file(root / "latest") as pointer:

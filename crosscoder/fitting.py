@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -36,7 +37,7 @@ from .crosscoder import Crosscoder
 from .data import TokenRows
 from .errors import FeatgraphError
 from .harvest import ActivationBuffer, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales
-from .io import save_crosscoder
+from .io import check_output, save_crosscoder
 from .metrics import CrosscoderMetrics, evaluate
 from .model_diff import model_diff, model_reconstruction_metrics
 from .train import TrainResult, finetune_crosscoder, train_crosscoder
@@ -86,6 +87,19 @@ def _check_parent(cc: Crosscoder, models: Any) -> None:
         check_models(list(models.values()), cc.cfg.model_hookpoints, list(models))
     else:
         check_compatible(cc, models, where="the parent crosscoder")
+
+
+def _check_room(cc: Crosscoder, rows: TokenRows, fit_cfg: FitConfig, out: str | os.PathLike | None) -> None:
+    """Before training: the output folder and the activation cache can be written and their disks hold what the run
+    writes (weights; two checkpoints of weights and Adam moments; the cached activations), with a 10 % margin."""
+    weights = 4 * sum(p.numel() for p in cc.parameters())
+    if out is not None:
+        checkpoints = 2 * 3 * weights if fit_cfg.checkpoint_every > 0 else 0
+        check_output(out, need_bytes=int(1.1 * (weights + checkpoints)), flag="output folder")
+    if fit_cfg.activation_cache is not None:
+        n_tokens = rows.train_NT.shape[0] * max(rows.train_NT.shape[1] - 1, 0)  # BOS dropped; float32 values
+        need = 0 if (Path(fit_cfg.activation_cache) / "meta.json").exists() else 4 * n_tokens * len(cc.cfg.all_hookpoints) * cc.cfg.d_model
+        check_output(fit_cfg.activation_cache, need_bytes=int(1.1 * need), flag="--activation-cache", replace=False)
 
 
 def _buffer(cc: Crosscoder, models: Any, rows: TokenRows, train_cfg: TrainConfig, fit_cfg: FitConfig, seed: int, device: str,
@@ -160,8 +174,10 @@ def fit(
     else:
         cc = parent.to(device)
         _check_parent(cc, models)
-    buf = _buffer(cc, models, rows, train_cfg, fit_cfg, seed, device, progress)
     rank, _ = _rank_world()
+    if rank == 0:
+        _check_room(cc, rows, fit_cfg, out)
+    buf = _buffer(cc, models, rows, train_cfg, fit_cfg, seed, device, progress)
     ckpt = {}
     if out is not None and fit_cfg.checkpoint_every > 0:
         ckpt = dict(checkpoint_dir=str(out) + ".ckpt", checkpoint_every=fit_cfg.checkpoint_every, resume=fit_cfg.resume)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -122,14 +123,46 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_third_party(bars=not getattr(args, "quiet", False), chatter=args.verbose)
     try:
         return args.run(args)
     except FeatgraphError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), args.verbose)
+    except OSError as e:  # permission, read-only, disk full, a missing file: the path and the fix, not a traceback
+        from crosscoder.io import os_error_line
+
+        return _fail(os_error_line(e), args.verbose)
+    except MemoryError:
+        return _fail("out of memory; use a smaller --size, fewer --rows/--max-tokens or a smaller batch", args.verbose)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted; nothing was left half-written (rerun to start again)", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, verbose: bool) -> int:
+    """Print the one ``error:`` line (with ``-v``, the traceback before it, for a bug report); exit status 2."""
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _quiet_third_party(bars: bool, chatter: bool) -> None:
+    """--quiet: no progress bars at all, the loading bars of transformers / huggingface_hub / datasets included; their
+    warnings and info lines only with -v."""
+    if not bars:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub (and so transformers) is imported
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+    if not chatter:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
+        for name in ("transformers", "datasets", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

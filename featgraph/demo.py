@@ -13,14 +13,16 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from crosscoder.apply import check_compatible
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints, resolve_device
 from crosscoder.data import DataConfig
+from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
-from crosscoder.io import atomic_file, load_crosscoder, save_crosscoder, strict_json
+from crosscoder.io import atomic_dir, check_output, load_crosscoder, record_path, save_crosscoder, strict_json
 from crosscoder.metrics import evaluate
 from crosscoder.sources import ModelConfig, config_record, load_inputs
 
@@ -33,6 +35,9 @@ from .pipeline import build_graph
 __all__ = ["DemoConfig", "DemoSummary", "run_demo", "SIZES"]
 
 log = logging.getLogger(__name__)
+
+PAGE_BYTES = 50_000_000
+"""Room checked for the pages and graph files of one run (a generous bound at the default sizes)."""
 
 
 @dataclass
@@ -68,6 +73,9 @@ class DemoSummary:
 def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: DataConfig | None = None) -> DemoSummary:
     """Model and text → crosscoder (trained, or ``cfg.crosscoder``) → graph → files in ``cfg.out``; the summary."""
     t0 = time.perf_counter()
+    out = check_output(cfg.out, need_bytes=PAGE_BYTES)  # before any work: a folder we can write, with room for the pages
+    if cfg.crosscoder is not None and not Path(record_path(cfg.crosscoder, out)).is_absolute():
+        raise FeatgraphError(f"--crosscoder {cfg.crosscoder} lies inside --out {cfg.out}, which the demo replaces whole; pass another --out")
     model_cfg = dataclasses.replace(model_cfg or ModelConfig(), size=cfg.size)  # the demo's size is the embedded model's
     data_cfg = data_cfg or DataConfig()
     size = SIZES[cfg.size]
@@ -90,15 +98,12 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
     record = config_record(model_cfg, data_cfg)
     graph.meta.update({"model": model_cfg.model, "model_config": record["model"], "data_config": record["data"], "data_source": rows.source})
 
-    cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails early leaves no output behind
-    paths = {}
-    if cfg.crosscoder is None:
-        extra = {"metrics": metrics.to_dict(), "data_source": rows.source, "seed": cfg.seed, **config_record(model_cfg, data_cfg),
-                 "train": asdict(train_cfg)}
-        paths["crosscoder"] = str(save_crosscoder(cc, cfg.out / "crosscoder", extra=extra))
-    paths["html"] = str(write_html(graph, cfg.out / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}"))
-    paths["graphml"] = str(write_graphml(graph, cfg.out / "graph.graphml"))
-    paths["json"] = str(write_json(graph, cfg.out / "graph.json"))
+    graph.meta["crosscoders"] = [record_path(out / "crosscoder" if cfg.crosscoder is None else cfg.crosscoder, out)]
+    paths = {name: str(out / file) for name, file in (("crosscoder", "crosscoder"), ("html", "graph.html"), ("graphml", "graph.graphml"),
+                                                       ("json", "graph.json"), ("summary", "summary.json"))}
+    if cfg.crosscoder is not None:
+        del paths["crosscoder"]
+    check_output(out, need_bytes=PAGE_BYTES + (4 * sum(p.numel() for p in cc.parameters()) if cfg.crosscoder is None else 0))
     report = inputs.report or {}
     summary = DemoSummary(
         model=model_cfg.model,
@@ -108,7 +113,13 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
         dead_fraction=metrics.dead_fraction, ce_loss_recovered=metrics.ce_loss_recovered, n_nodes=graph.n_nodes, n_edges=graph.n_edges,
         n_communities=graph.meta["n_communities"], modularity=graph.meta["modularity"], seconds=time.perf_counter() - t0, paths=paths,
     )
-    paths["summary"] = str(cfg.out / "summary.json")
-    with atomic_file(cfg.out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(strict_json(asdict(summary)), indent=2, allow_nan=False))
+    with atomic_dir(out) as tmp:  # the folder appears whole, or the old one stays: never a mix
+        if cfg.crosscoder is None:
+            extra = {"metrics": metrics.to_dict(), "data_source": rows.source, "seed": cfg.seed, **config_record(model_cfg, data_cfg),
+                     "train": asdict(train_cfg)}
+            save_crosscoder(cc, tmp / "crosscoder", extra=extra)
+        write_html(graph, tmp / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}")
+        write_graphml(graph, tmp / "graph.graphml")
+        write_json(graph, tmp / "graph.json")
+        (tmp / "summary.json").write_text(json.dumps(strict_json(asdict(summary)), indent=2, allow_nan=False))
     return summary
