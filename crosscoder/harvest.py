@@ -22,11 +22,13 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from .config import source_name, split_source
+from .config import SOURCE_SEP, source_name, split_source
 from .errors import FeatgraphError
 
 __all__ = [
     "check_hookpoints",
+    "check_finite_activations",
+    "forward_order",
     "stop_at_layer",
     "harvest",
     "estimate_norm_scales",
@@ -38,7 +40,18 @@ __all__ = [
     "MultiModelRows",
 ]
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.*)$")
+# Where each hookpoint of a TransformerLens block is computed, in forward-pass order (unknown names go last).
+_BLOCK_STAGES = {
+    "hook_resid_pre": 0, "ln1.hook_scale": 1, "ln1.hook_normalized": 1.1, "hook_attn_in": 1.2, "hook_q_input": 1.2,
+    "hook_k_input": 1.2, "hook_v_input": 1.2, "attn.hook_q": 2, "attn.hook_k": 2, "attn.hook_v": 2, "attn.hook_rot_q": 2.05,
+    "attn.hook_rot_k": 2.05, "attn.hook_attn_scores": 2.1, "attn.hook_pattern": 2.2, "attn.hook_z": 2.3,
+    "attn.hook_result": 2.4, "hook_attn_out": 3, "hook_resid_mid": 4, "ln2.hook_scale": 5, "ln2.hook_normalized": 5.1,
+    "hook_mlp_in": 5.2, "mlp.hook_pre": 6, "mlp.hook_pre_linear": 6, "mlp.hook_post": 6.1, "hook_mlp_out": 7,
+    "hook_resid_post": 8,
+}
+ACTIVATIONS_FIX = "check the model weights and dtype (try float32)"
+"""What :func:`check_finite_activations` tells the user to do when none is given."""
 
 
 def check_hookpoints(model: HookedTransformer, hookpoints: Sequence[str]) -> None:
@@ -51,6 +64,68 @@ def check_hookpoints(model: HookedTransformer, hookpoints: Sequence[str]) -> Non
             f"blocks.0.hook_resid_pre, blocks.N.hook_resid_post, blocks.N.hook_resid_mid, blocks.N.hook_mlp_out "
             f"or blocks.N.ln2.hook_normalized with N in 0..{n - 1}"
         )
+
+
+def forward_order(hookpoint: str) -> tuple[float, float]:
+    """Sort key putting TransformerLens hookpoints in the order the forward pass computes them: (block, stage).
+
+    Embedding hookpoints come first (block −1), ``ln_final`` and ``unembed`` last; within a block the residual stream
+    before the block, then attention, ``hook_resid_mid``, the MLP and ``hook_resid_post``.
+
+    >>> sorted(["blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.0.hook_resid_mid", "hook_embed"], key=forward_order)
+    ['hook_embed', 'blocks.0.hook_resid_mid', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_pre']
+    """
+    m = _BLOCK_RE.match(hookpoint)
+    if m is not None:
+        return float(m.group(1)), float(_BLOCK_STAGES.get(m.group(2), 9))
+    if hookpoint in ("hook_tokens", "hook_embed", "hook_pos_embed"):
+        return -1.0, 0.0
+    return float("inf"), 0.0  # ln_final, unembed
+
+
+def _layer_of(hookpoint: str) -> str:
+    m = _BLOCK_RE.match(hookpoint)
+    if m is not None:
+        return f"layer {m.group(1)}"
+    return "the embedding" if forward_order(hookpoint)[0] < 0 else "after the last block"
+
+
+def check_finite_activations(acts_BLD: torch.Tensor, hookpoints: Sequence[str], where: str, fix: str = ACTIVATIONS_FIX) -> None:
+    """Raise one :class:`FeatgraphError` line naming the first hookpoint, in forward-pass order, where ``acts_BLD``
+    (B, L, D; slot l is ``hookpoints[l]``) holds NaN or inf, its layer and at how many of the B token positions.
+
+    NaN spreads forward through the model, so the first bad hookpoint is the one nearest to where it entered. Model
+    crosscoder slots (``model/hookpoint``) are ordered by model as given, then by forward order. One
+    ``isfinite().all()`` on the device (one sync) when everything is finite; the positions are counted only on failure.
+
+    Parameters
+    ----------
+    acts_BLD : torch.Tensor
+        Activations, any device and float dtype.
+    hookpoints : sequence of str
+        The name of each slot of the L axis.
+    where : str
+        What produced them, for the message (``"model 'gpt2'"``, ``"activation cache /data/acts"``).
+    fix : str
+        What to do about it, for the message.
+    """
+    if bool(torch.isfinite(acts_BLD).all()):
+        return
+    bad_L = (~torch.isfinite(acts_BLD)).flatten(2).any(dim=-1).sum(dim=0).tolist()
+    slots = [h.partition(SOURCE_SEP) for h in hookpoints]  # (model, "/", hookpoint) or (hookpoint, "", "")
+    models = list(dict.fromkeys(m for m, sep, _ in slots if sep))
+
+    def key(l: int) -> tuple:
+        model, sep, hookpoint = slots[l]
+        return (models.index(model), *forward_order(hookpoint), l) if sep else (0, *forward_order(model), l)
+
+    first = min((l for l, n in enumerate(bad_L) if n), key=key)
+    n_bad, others = bad_L[first], sum(1 for n in bad_L if n) - 1
+    rest = f" (and at {others} other hookpoint{'s' if others != 1 else ''})" if others else ""
+    raise FeatgraphError(
+        f"{where} produced NaN/inf activations first at {hookpoints[first]} ({_layer_of(slots[first][2] or slots[first][0])}), "
+        f"at {n_bad} of {acts_BLD.shape[0]} token positions{rest}; {fix}"
+    )
 
 
 def stop_at_layer(hookpoints: Sequence[str]) -> int | None:
@@ -73,13 +148,17 @@ def harvest(
     hookpoints: Sequence[str],
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    *,
+    where: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield activations ``(b·(T−1), L, D)`` per batch of token rows, BOS positions dropped.
 
     Raises :class:`FeatgraphError` for an unknown hookpoint, hookpoints of different widths, or NaN/inf
-    activations.
+    activations (:func:`check_finite_activations`; ``where`` names the model in that message, by default
+    ``model '<cfg.model_name>'``).
     """
     check_hookpoints(model, hookpoints)
+    where = where or f"model {getattr(model.cfg, 'model_name', None) or '?'!r}"
     device = device or model.cfg.device
     stop = stop_at_layer(hookpoints)
     names = set(hookpoints)
@@ -94,8 +173,7 @@ def harvest(
             raise FeatgraphError(f"hookpoints must all be (batch, pos, d_model) of one width, got {shapes}; pick residual-stream hookpoints")
         acts_bTLD = torch.stack(acts, dim=2)
         acts_BLD = acts_bTLD.reshape(-1, len(hookpoints), acts_bTLD.shape[-1]).float()
-        if not torch.isfinite(acts_BLD).all():
-            raise FeatgraphError(f"the model produced NaN/inf activations at {list(hookpoints)}; check the model weights and dtype (try float32)")
+        check_finite_activations(acts_BLD, hookpoints, where)
         yield acts_BLD.to(device)
 
 
@@ -177,10 +255,12 @@ def harvest_models(
     """Yield activations ``(b·(T−1), M·L, D)`` per batch of token rows: every model runs on the same batch and
     their activations at ``hookpoints`` are concatenated model-major (slot m·L + l is model m at hookpoint l)."""
     check_models(models, hookpoints, names)
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(models))]
     device = device or models[0].cfg.device
     for start in range(0, tokens_NT.shape[0], batch_size):
         batch_bT = tokens_NT[start : start + batch_size]
-        acts = [next(harvest(m, batch_bT, hookpoints, batch_size=len(batch_bT), device=device)) for m in models]
+        acts = [next(harvest(m, batch_bT, hookpoints, batch_size=len(batch_bT), device=device, where=f"model {n!r}"))
+                for m, n in zip(models, names)]
         yield torch.cat(acts, dim=1)
 
 

@@ -203,7 +203,8 @@ def atomic_dir(target: str | os.PathLike, *, keep: bool = False) -> Iterator[Pat
     target = Path(os.path.abspath(target))
     if target.exists() and not target.is_dir():
         raise FeatgraphError(f"output path {target} is a file, not a folder; pass a folder path")
-    check_replaceable(target, "output path")
+    if not keep:  # keep copies the folder's files over: nothing of the user's is lost
+        check_replaceable(target, "output path")
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))

@@ -63,9 +63,10 @@ class CrosscoderMetrics:
     shrinkage_per_hookpoint: list[float] = field(default_factory=list)
     """Mean ‖x̂‖/‖x‖ at each hookpoint (< 1: reconstructions shrink)."""
     latent_scaling_beta: list[float] = field(default_factory=list)
-    """β_i per feature (NaN for features that never fired)."""
+    """β_i per feature (NaN, null in JSON, for features that never fired or have a zero decoder vector: undefined)."""
     ce_loss_recovered: list[float] = field(default_factory=list)
-    """Splice-in CE loss recovered at each hookpoint (empty when not computed)."""
+    """Splice-in CE loss recovered at each hookpoint (empty when not computed; NaN, null in JSON, where zero-ablating
+    the hookpoint does not change the loss: undefined)."""
     kl_per_hookpoint: list[float] = field(default_factory=list)
     """KL(clean ‖ spliced) in nats per token at each hookpoint."""
     ce_clean: float | None = None
@@ -115,8 +116,10 @@ def reconstruction_metrics(
         raise ValueError("no activations to evaluate")
     den_L = sumsq_L - sum_LD.pow(2).sum(dim=1) / n  # Σ‖x − μ‖² = Σ‖x‖² − n‖μ‖²
     fvu_L = (err_L / den_L.clamp_min(1e-12)).tolist()
-    beta_F = fx_F / (W_flat_FK.double().pow(2).sum(dim=1) * ff_F)
-    return CrosscoderMetrics(
+    norm2_F = W_flat_FK.double().pow(2).sum(dim=1)
+    beta_F = fx_F / (norm2_F * ff_F)
+    defined_F = (ff_F > 0) & (norm2_F != 0)  # a NaN norm stays "defined", so a NaN decoder is reported, not hidden
+    m = CrosscoderMetrics(
         hookpoints=cc.cfg.writes,
         fvu_per_hookpoint=fvu_L,
         fvu_pooled=(err_L.sum() / den_L.sum().clamp_min(1e-12)).item(),
@@ -126,8 +129,41 @@ def reconstruction_metrics(
         n_tokens=n,
         dense_fraction=(count_F / n > dense_above).float().mean().item(),
         shrinkage_per_hookpoint=(shrink_L / n).tolist(),
-        latent_scaling_beta=torch.where(ff_F > 0, beta_F, torch.nan).tolist(),
+        latent_scaling_beta=torch.where(defined_F, beta_F, torch.nan).tolist(),
     )
+    _check_reconstruction(m, cc, inputs_finite=bool(torch.isfinite(sumsq_L).all() and torch.isfinite(sum_LD).all()),
+                          defined_F=defined_F.tolist())
+    return m
+
+
+def _check_reconstruction(m: CrosscoderMetrics, cc: Crosscoder, inputs_finite: bool, defined_F: list[bool]) -> None:
+    """Raise one FeatgraphError line for the first NaN/inf reconstruction metric (the intended NaN β of a feature that
+    never fired is left alone), naming the metric, its hookpoint and the likely cause."""
+    from .apply import describe_crosscoder, nonfinite_crosscoder_cause
+
+    if not inputs_finite:
+        cause = "the activations given hold NaN/inf; harvest them with crosscoder.harvest.harvest, which finds where they enter"
+    else:
+        cause = f"{describe_crosscoder(cc)} reconstructs NaN/inf from finite activations: {nonfinite_crosscoder_cause(cc)}"
+    for metric, values in (("FVU", m.fvu_per_hookpoint), ("shrinkage", m.shrinkage_per_hookpoint)):
+        _require_finite(metric, values, m.hookpoints, cause)
+    _require_finite("L0", [m.l0], None, cause)
+    bad = [i for i, (b, d) in enumerate(zip(m.latent_scaling_beta, defined_F)) if d and not _finite(b)]
+    if bad:
+        raise FeatgraphError(f"metric latent-scaling beta is {m.latent_scaling_beta[bad[0]]} for feature {bad[0]} (and "
+                             f"{len(bad) - 1} more features), which fired; {cause}")
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def _require_finite(metric: str, values: Sequence[float], hookpoints: Sequence[str] | None, cause: str) -> None:
+    """Raise one line naming ``metric`` and the hookpoint of its first NaN/inf value, if any."""
+    for i, v in enumerate(values):
+        if not _finite(v):
+            at = f" at {hookpoints[i]}" if hookpoints is not None else ""
+            raise FeatgraphError(f"metric {metric} is {v}{at}; {cause}")
 
 
 def _special_token_ids(model, special_token_ids: Sequence[int] | None) -> list[int]:
@@ -194,9 +230,33 @@ def splice_metrics(
     n_ce, n_kl = max(n_ce, 1), max(n_kl, 1)
     clean = ce_clean / n_ce
     splice, zero = [v / n_ce for v in ce_splice_L], [v / n_ce for v in ce_zero_L]
+    kl = [v / n_kl for v in kl_L]
+    _check_splice(cc, model, clean, splice, zero, kl)
+    # undefined (NaN, null in JSON) where zero-ablating the hookpoint leaves the loss as it is
     recovered = [(z - s) / (z - clean) if abs(z - clean) > 1e-9 else float("nan") for s, z in zip(splice, zero)]
     return {"ce_clean": clean, "ce_spliced": splice, "ce_zero_ablated": zero, "ce_loss_recovered": recovered,
-            "kl_per_hookpoint": [v / n_kl for v in kl_L], "splice_convention": convention}
+            "kl_per_hookpoint": kl, "splice_convention": convention}
+
+
+def _check_splice(cc: Crosscoder, model, clean: float, splice: list[float], zero: list[float], kl: list[float]) -> None:
+    """Raise one FeatgraphError line for the first NaN/inf splice-in number, naming it, its hookpoint and the likely
+    cause: the model for CE clean and CE zero-ablated, the crosscoder's reconstruction for CE spliced and KL (CE loss
+    recovered is computed from these, so it is finite wherever it is defined)."""
+    from .apply import describe_crosscoder, nonfinite_crosscoder_cause
+    from .model_loading import first_nonfinite_tensor
+
+    name = getattr(getattr(model, "cfg", None), "model_name", None) or "?"
+    if not _finite(clean):
+        bad = first_nonfinite_tensor(model)
+        why = (f"its parameter {bad[0]} holds {bad[1]} NaN/inf values: the checkpoint is corrupt or diverged; re-download or "
+               f"re-train it") if bad else "its weights are finite, so it overflows in this dtype; load it in float32"
+        raise FeatgraphError(f"metric CE clean is {clean}: model {name!r} predicts NaN/inf log-probabilities on these tokens; {why}")
+    _require_finite("CE zero-ablated", zero, cc.cfg.writes,
+                    f"model {name!r} gives a NaN/inf loss with this hookpoint zeroed, so the splice-in numbers are undefined "
+                    "there; evaluate without them (splice=False, --no-splice) or at another hookpoint")
+    cause = f"{describe_crosscoder(cc)} splices in a reconstruction the model cannot use: {nonfinite_crosscoder_cause(cc)}"
+    _require_finite("CE spliced", splice, cc.cfg.writes, cause)
+    _require_finite("KL", kl, cc.cfg.writes, cause)
 
 
 def _token_ce(logp_BTV: torch.Tensor, tok_BT: torch.Tensor) -> torch.Tensor:

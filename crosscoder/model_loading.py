@@ -52,6 +52,9 @@ __all__ = [
     "DEFAULT_BACKEND",
     "PROCESSING",
     "Backend",
+    "CORRUPT_WEIGHTS_FIX",
+    "check_finite_parameters",
+    "first_nonfinite_tensor",
     "is_bridge",
     "is_hf_checkpoint_dir",
     "load_model",
@@ -89,6 +92,51 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 PROBE_TIMEOUT_S = 2.0
 _RESID_MID_RE = re.compile(r"^blocks\.\d+\.hook_resid_mid$")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+#: The fix :func:`check_finite_parameters` names when none is given.
+CORRUPT_WEIGHTS_FIX = "the checkpoint is corrupt or diverged; re-download or re-train it"
+
+
+def first_nonfinite_tensor(module: torch.nn.Module, buffers: bool = False) -> tuple[str, int, int] | None:
+    """``(name, number of NaN/inf elements, number of elements)`` of the first parameter of ``module`` (then, with
+    ``buffers``, the first floating-point buffer) holding NaN or inf; None when all are finite.
+
+    One ``torch.isfinite(p).all()`` per tensor, nothing copied; the bad elements are counted only for the one found.
+    """
+    tensors = list(module.named_parameters())
+    if buffers:
+        tensors += [(n, b) for n, b in module.named_buffers() if b.is_floating_point()]
+    with torch.no_grad():
+        for name, p in tensors:
+            if not bool(torch.isfinite(p).all()):
+                return name, int((~torch.isfinite(p)).sum()), p.numel()
+    return None
+
+
+def check_finite_parameters(model: torch.nn.Module, where: str, fix: str = CORRUPT_WEIGHTS_FIX) -> None:
+    """Raise one FeatgraphError line naming the first parameter of ``model`` that holds NaN or inf.
+
+    One pass over ``model.named_parameters()`` (a tensor shared by several names is checked once), one
+    ``torch.isfinite(p).all()`` per parameter and nothing copied (:func:`first_nonfinite_tensor`). Buffers are not
+    checked: attention masks legitimately hold -inf.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The loaded model (a HookedTransformer, a TransformerBridge, a HuggingFace model, a crosscoder).
+    where : str
+        What the model is, for the message (e.g. ``"model 'gpt2'"``).
+    fix : str, default :data:`CORRUPT_WEIGHTS_FIX`
+        What to do about it, for the message.
+
+    Raises
+    ------
+    FeatgraphError
+        ``<where> has <k> NaN/inf values (of <n>) in parameter <name>; <fix>``.
+    """
+    bad = first_nonfinite_tensor(model)
+    if bad is not None:
+        name, n_bad, numel = bad
+        raise FeatgraphError(f"{where} has {n_bad} NaN/inf value{'s' if n_bad != 1 else ''} (of {numel}) in parameter {name}; {fix}")
 
 
 def is_hf_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
@@ -151,8 +199,10 @@ def load_model(
     ------
     FeatgraphError
         For an unknown backend, a directory that is not a loadable checkpoint, an
-        architecture the backend cannot convert, an unknown name, or a name whose weights
-        cannot be fetched (for example offline with an empty HuggingFace cache).
+        architecture the backend cannot convert, an unknown name, a name whose weights
+        cannot be fetched (for example offline with an empty HuggingFace cache), or weights
+        holding NaN or inf (:func:`check_finite_parameters`: a local checkpoint is checked under
+        its HuggingFace parameter names before weight processing, a named model after it).
 
     Notes
     -----
@@ -212,8 +262,11 @@ def load_model(
                 "with config.json or a TransformerLens model name"
             )
         if backend == "bridge":
-            return _load_named_bridge(name_or_path, str(device), dtype)
-        return _load_named(name_or_path, str(device), dtype)
+            model = _load_named_bridge(name_or_path, str(device), dtype)
+        else:
+            model = _load_named(name_or_path, str(device), dtype)
+    check_finite_parameters(model, f"model '{name_or_path}'")
+    return model
 
 
 def is_bridge(model: Any) -> bool:
@@ -323,6 +376,8 @@ def _load_hf_model(path: Path, dtype: torch.dtype, **kwargs: Any) -> Any:
             f"cannot load the HuggingFace checkpoint in '{path}' ({_first_line(err)}); "
             "it must be a causal language model saved with save_pretrained"
         ) from err
+    # Checked before any weight processing, so the names are the checkpoint's own (transformer.ln_f.weight).
+    check_finite_parameters(model, f"model checkpoint '{path}'")
     return model.eval()
 
 

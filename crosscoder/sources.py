@@ -22,7 +22,8 @@ from typing import Any, Callable, Literal, NamedTuple
 from .config import resolve_device
 from .data import DataConfig, TokenRows, load_token_rows
 from .errors import FeatgraphError
-from .model_loading import DEFAULT_BACKEND, load_model
+from .io import absolute_spec
+from .model_loading import DEFAULT_BACKEND, check_finite_parameters, load_model
 from .registry import Registry
 
 __all__ = ["MODEL_PROVIDERS", "LoadedModel", "ModelConfig", "Inputs", "MultiInputs", "load_model_spec", "load_inputs",
@@ -77,9 +78,16 @@ class MultiInputs(NamedTuple):
 
 def load_model_spec(spec: str, *, device: str = "cpu", seed: int = 0, size: str = "default", backend: str = DEFAULT_BACKEND,
                     progress: bool = True) -> LoadedModel:
-    """A registered provider's model, or a TransformerLens name / local checkpoint loaded with ``backend``."""
+    """A registered provider's model, or a TransformerLens name / local checkpoint loaded with ``backend``.
+
+    Every model is checked for NaN/inf parameters right after loading (:func:`~crosscoder.model_loading.check_finite_parameters`;
+    :func:`~crosscoder.model_loading.load_model` checks its own), so a corrupt or diverged model stops here with one line.
+    """
     if spec in MODEL_PROVIDERS:
-        return MODEL_PROVIDERS.get(spec)(spec, device=device, seed=seed, size=size, backend=backend, progress=progress)
+        lm = MODEL_PROVIDERS.get(spec)(spec, device=device, seed=seed, size=size, backend=backend, progress=progress)
+        check_finite_parameters(lm.model, f"model {spec!r}",
+                                fix="its weights are corrupt or its training diverged; rebuild them (a cached model: delete its cache folder)")
+        return lm
     model = load_model(spec, device=device, backend=backend)
     return LoadedModel(model, None, None, None)
 
@@ -153,13 +161,15 @@ def load_multi_inputs(specs: list[str], model_cfg: ModelConfig, data_cfg: DataCo
 
 def config_record(model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
     """JSON-able record of the inputs, stored in cfg.json and graph meta so later commands can start from them (the
-    device is left out: it belongs to the machine, not to the crosscoder)."""
+    device is left out: it belongs to the machine, not to the crosscoder). Local model and data paths are made absolute,
+    so the record works from any directory."""
     def plain(cfg: Any) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
-    model = plain(model_cfg)
+    model, data = plain(model_cfg), plain(data_cfg)
     model.pop("device", None)
-    return {"model": model, "data": plain(data_cfg)}
+    model["model"], data["data"] = absolute_spec(model["model"]), absolute_spec(data["data"])  # local paths absolute
+    return {"model": model, "data": data}
 
 
 def recorded_inputs(folder: Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from dataclasses import asdict
 from typing import Any, Callable, NamedTuple
@@ -35,6 +34,7 @@ from .crosscoder import Crosscoder
 from .determinism import deterministic_algorithms
 from .errors import FeatgraphError
 from .io import load_crosscoder
+from .model_loading import first_nonfinite_tensor
 
 __all__ = ["train_crosscoder", "finetune_crosscoder", "TrainResult"]
 
@@ -87,6 +87,9 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
     autocast = torch.autocast(cc.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     cc.train()  # whatever mode it came in: a loaded or resumed crosscoder is in eval mode
     out = None
+    # The first step whose loss is NaN/inf, kept on the device (−1: none) so that no step waits for a sync; it is read
+    # at every log step and before every checkpoint, so a diverged run never writes a checkpoint.
+    first_bad = torch.tensor(-1, device=cc.device)
     bar = tqdm(range(start, cfg.steps), desc="crosscoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
     for step in bar:
         lr, l1 = cfg.lr_at(step), cfg.l1_at(step)
@@ -95,6 +98,7 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
         x_BLD = next_batch()
         with autocast:
             out = cc.loss(x_BLD, l1)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.loss.detach()), step, first_bad)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         _sync_gradients(cc)
@@ -103,20 +107,35 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
         opt.step()
         _update_dead(cc, out.f_BF)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            _check_diverged(first_bad, cc, cfg)
             rec = {"step": step, "loss": out.loss.item(), "mse": out.mse.item(), "l0": out.l0.item(), "lr": lr, "l1_coeff": l1}
-            if not math.isfinite(rec["loss"]):
-                raise FeatgraphError(f"crosscoder training diverged at step {step} (loss {rec['loss']}); lower lr (now {cfg.lr}) or check activations for NaN")
             history.append(rec)
             bar.set_postfix(mse=f"{rec['mse']:.2f}", l0=f"{rec['l0']:.1f}")
         done = step + 1
         if checkpoint_dir is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == cfg.steps):
+            _check_diverged(first_bad, cc, cfg, done)
             data_state = source.state_dict() if hasattr(source, "state_dict") else None
             save_checkpoint(checkpoint_dir, done, cc, opt, data_state, {"history": history})
         if on_step is not None:
             on_step(step)
+    if cfg.steps > start:
+        _check_diverged(first_bad, cc, cfg, cfg.steps)
     cc.eval()
     last = history[-1] if history else {"loss": float("nan"), "mse": float("nan"), "l0": float("nan")}
     return TrainResult(cfg.steps, last["loss"], last["mse"], last["l0"], history, start)
+
+
+def _check_diverged(first_bad: torch.Tensor, cc: Crosscoder, cfg: TrainConfig, done: int | None = None) -> None:
+    """Raise one FeatgraphError line naming the first step whose loss was NaN/inf; with ``done`` (steps taken, before
+    the crosscoder is checkpointed or returned) also when a finite loss left NaN/inf in its parameters (a bad last
+    gradient step)."""
+    step = int(first_bad)
+    if step >= 0:
+        raise FeatgraphError(f"crosscoder training diverged at step {step} (the loss became NaN/inf); lower lr (now {cfg.lr}) "
+                             "or check the activations for NaN")
+    if done is not None and (bad := first_nonfinite_tensor(cc)) is not None:
+        raise FeatgraphError(f"crosscoder training diverged by step {done}: its {bad[0]} holds {bad[1]} NaN/inf values; "
+                             f"lower lr (now {cfg.lr}) or grad_clip (now {cfg.grad_clip})")
 
 
 def _world() -> int:

@@ -53,15 +53,17 @@ def _study(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import FORMATS, export_graph, read_json
 
-    graph = read_json(args.graph)
+    from crosscoder.io import check_output
+
     suffix = FORMATS[args.format][1]
     default = args.graph.with_suffix(suffix) if suffix else args.graph.parent / "csv"  # csv: a folder
-    out = args.out or default
+    out = check_output(args.out or default, folder=not suffix)
+    graph = read_json(args.graph)
     options = {k: v for k, v in (("scan", args.scan), ("slug", args.slug)) if v is not None}
     if options and args.format != "neuronpedia":
         raise FeatgraphError(f"--scan and --slug apply to --format neuronpedia only, not {args.format}; drop them")
     written = export_graph(graph, args.format, out, **options)
-    files = [p for p in written.rglob("*") if p.is_file()] if written.is_dir() else [written]
+    files = [p for p in written.rglob("*") if p.is_file() and not p.name.startswith(".")] if written.is_dir() else [written]
     size = sum(p.stat().st_size for p in files)
     human = f"{size:,} B" if size < 1e3 else f"{size / 1e3:.1f} kB" if size < 1e6 else f"{size / 1e6:.2f} MB"
     print(f"wrote {written} ({human}{f' in {len(files)} files' if written.is_dir() else ''})")

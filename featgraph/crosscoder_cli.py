@@ -30,6 +30,7 @@ from crosscoder.build import ARCHITECTURES
 from crosscoder.config import CrosscoderConfig, FitConfig, TrainConfig, default_hookpoints, option_flag_names, resolve_device
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
+from crosscoder.io import absolute_spec, check_output
 
 from crosscoder.sources import ModelConfig
 
@@ -157,7 +158,7 @@ def _crosscoder_config(section: dict[str, Any], hookpoints: list[str], d_model: 
         raise FeatgraphError(f"crosscoder config: {e}; check the [crosscoder] section and the flags") from None
 
 
-def _summary(title: str, cc, metrics, out: Path, seconds: float) -> str:
+def _summary(title: str, cc, metrics, out: Path | None, seconds: float) -> str:
     fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
     lines = [
         f"{title}: {cc.cfg.architecture} crosscoder, {cc.cfg.n_features} features over {len(cc.cfg.model_hookpoints)} hookpoints"
@@ -172,7 +173,8 @@ def _summary(title: str, cc, metrics, out: Path, seconds: float) -> str:
             f"  CE loss recovered     {fmt(metrics.ce_loss_recovered)}  (clean CE {metrics.ce_clean:.3f}; {metrics.splice_convention} baseline)",
             f"  KL(clean‖spliced)     {fmt(metrics.kl_per_hookpoint)}",
         ]
-    lines += [f"  saved                 {out}", f"  time                  {seconds:.0f} s"]
+    lines += [f"  saved                 {out}"] if out is not None else []
+    lines += [f"  time                  {seconds:.0f} s"]
     return "\n".join(lines)
 
 
@@ -214,6 +216,9 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     t0 = time.perf_counter()
     cfgs = _configs(args)
     run, model_cfg, data_cfg = cfgs["run"], cfgs["model"], cfgs["data"]
+    run.out = check_output(run.out)  # before any model is loaded: writable, not a folder of other files
+    if parent is not None:
+        parent = Path(parent).absolute()  # recorded in the lineage: it must work from any directory
     device = resolve_device(model_cfg.device)
     rank, _ = _init_distributed(device)
     progress = not args.quiet and rank == 0
@@ -235,7 +240,8 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     if parent_cc is None:
         cc_cfg = _crosscoder_config(cfgs["crosscoder"], run.hookpoints or default_hookpoints(first.cfg.n_layers), first.cfg.d_model,
                                     model_name, run.seed, list(models) if run.models else None)
-    extra = {"run": json.loads(json.dumps(dataclasses.asdict(run), default=str)), **config_record(model_cfg, data_cfg),
+    run_record = {**dataclasses.asdict(run), "models": [absolute_spec(m) for m in run.models] if run.models else run.models}
+    extra = {"run": json.loads(json.dumps(run_record, default=str)), **config_record(model_cfg, data_cfg),
              "fit": json.loads(json.dumps(dataclasses.asdict(cfgs["fit"]), default=str)), "train": dataclasses.asdict(cfgs["train"])}
     result = fit(models, rows, cfgs["train"], cc_cfg=cc_cfg, parent=parent_cc, parent_path=parent, stage=getattr(args, "stage", None),
                  fit_cfg=cfgs["fit"], out=run.out, extra=extra, seed=run.seed, device=device, progress=progress)
@@ -255,6 +261,8 @@ def _diff(args: argparse.Namespace) -> int:
     from crosscoder.io import load_crosscoder
     from crosscoder.model_diff import model_diff, save_model_diff
 
+    if args.out is not None:
+        check_output(args.out, folder=False)
     cc = load_crosscoder(args.crosscoder)
     if not cc.cfg.models:
         raise FeatgraphError(f"{args.crosscoder} reads one model; `crosscoder diff` needs a model crosscoder (train one with --models)")
@@ -285,11 +293,13 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from crosscoder.apply import check_compatible
-    from crosscoder.io import atomic_file, load_crosscoder
+    from crosscoder.io import atomic_file, load_crosscoder, strict_json
     from crosscoder.metrics import evaluate
     from crosscoder.sources import load_inputs
 
     t0 = time.perf_counter()
+    if args.json is not None:
+        check_output(args.json, folder=False, flag="--json")
     recorded = recorded_inputs(args.crosscoder)
     model_cfg, data_cfg = input_configs(args, recorded)
     cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
@@ -298,10 +308,11 @@ def _eval(args: argparse.Namespace) -> int:
     check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
     metrics = evaluate(cc, inputs.model, inputs.rows.val_NT[: args.rows], splice=not args.no_splice,
                        splice_convention=args.splice_convention)
+    print(_summary(f"evaluated {args.crosscoder}", cc, metrics, None, time.perf_counter() - t0))
     if args.json:
         with atomic_file(args.json) as tmp:
-            tmp.write_text(json.dumps(metrics.to_dict(), indent=2))
-    print(_summary("evaluated", cc, metrics, Path(args.crosscoder), time.perf_counter() - t0))
+            tmp.write_text(json.dumps(strict_json(metrics.to_dict()), indent=2, allow_nan=False))
+        print(f"  wrote                 {args.json}")
     return 0
 
 

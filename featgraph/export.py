@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from crosscoder.errors import FeatgraphError
-from crosscoder.io import atomic_file
+from crosscoder.io import atomic_dir, atomic_file
 
 from .graph import FeatureGraph, _py
 
@@ -199,11 +199,12 @@ def _write_rows(path: Path, header: list[str], rows) -> None:
 
 
 def write_csv(graph: FeatureGraph, folder: str | os.PathLike) -> Path:
-    """``nodes.csv`` and ``edges.csv`` in ``folder`` (list and dict attributes as JSON strings)."""
+    """``nodes.csv`` and ``edges.csv`` in ``folder`` (list and dict attributes as JSON strings), written as a unit: both
+    files appear together (or the old folder stays)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_rows(folder / "nodes.csv", ["id", *graph.node_attrs], (graph.node(i) for i in range(graph.n_nodes)))
-    _write_rows(folder / "edges.csv", ["source", "target", *graph.edge_attrs], (graph.edge(e) for e in range(graph.n_edges)))
+    with atomic_dir(folder) as tmp:
+        _write_rows(tmp / "nodes.csv", ["id", *graph.node_attrs], (graph.node(i) for i in range(graph.n_nodes)))
+        _write_rows(tmp / "edges.csv", ["source", "target", *graph.edge_attrs], (graph.edge(e) for e in range(graph.n_edges)))
     return folder
 
 
@@ -276,7 +277,7 @@ def write_neuronpedia(
         How many of the strongest nodes ``qParams`` pins (0 pins none).
     """
     if graph.n_nodes == 0:
-        raise FeatgraphError("the graph has no nodes; build a graph with at least one edge before exporting it")
+        raise FeatgraphError("the graph has no nodes, so there is nothing to show; build it with a lower threshold or more rows")
     w = graph.weights if graph.n_edges else np.zeros(0)
     if not np.isfinite(w).all():
         raise FeatgraphError(f"{int((~np.isfinite(w)).sum())} edge weights are NaN or infinite, which JSON cannot hold; "

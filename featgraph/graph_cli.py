@@ -21,6 +21,7 @@ import torch
 
 from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
+from crosscoder.io import atomic_dir, check_output, record_path, resolve_recorded, strict_json
 
 from crosscoder.sources import ModelConfig, config_record, recorded_inputs
 
@@ -32,12 +33,15 @@ from .options import GraphConfig
 __all__ = ["add_graph_parser"]
 
 
-def _write_graph(graph, out: Path, title: str) -> list[Path]:
+def _write_graph(graph, out: Path, title: str) -> list[str]:
+    """graph.json, graph.graphml and graph.html into ``out`` (a folder being built); their names."""
     from .export import write_graphml, write_json
     from .html import write_html
 
-    out.mkdir(parents=True, exist_ok=True)
-    return [write_json(graph, out / "graph.json"), write_graphml(graph, out / "graph.graphml"), write_html(graph, out / "graph.html", title=title)]
+    write_json(graph, out / "graph.json")
+    write_graphml(graph, out / "graph.graphml")
+    write_html(graph, out / "graph.html", title=title)
+    return ["graph.json", "graph.graphml", "graph.html"]
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -46,8 +50,7 @@ def _build(args: argparse.Namespace) -> int:
     from .pipeline import build_graph
     from .stats import save_stats
 
-    if args.out.exists() and not args.out.is_dir():
-        raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
+    out = check_output(args.out)  # before any work
     graph_cfg = build_config(GraphConfig, values_from_args(args, GraphConfig), where="graph build", skip_none=False)
     recorded = recorded_inputs(args.crosscoder[0])
     model_cfg, data_cfg = input_configs(args, recorded)
@@ -68,23 +71,23 @@ def _build(args: argparse.Namespace) -> int:
     graph, stats = build_graph(ccs, model, rows, graph_cfg, side=args.side, seed=seed, progress=not args.quiet)
     record = config_record(model_cfg, data_cfg)
     graph.meta.update({"model": model_name, "model_config": record["model"], "data_config": record["data"], "data_source": token_rows.source,
-                       "crosscoders": [str(Path(p).resolve()) for p in args.crosscoder]})
-    paths = _write_graph(graph, args.out, f"featgraph: {graph.meta['kind']} graph of {model_name}")
-    save_stats(stats, args.out / "stats", meta={"layer_F": graph.meta.get("layer_F"), "hookpoints": graph.meta.get("hookpoints", []),
-                                                  "n_rows": int(rows.shape[0]), "active_frac": graph.meta["options"]["active_frac"]})
+                       "crosscoders": [record_path(p, out) for p in args.crosscoder]})
+    with atomic_dir(out) as tmp:  # graph, pages and statistics appear together, or the old folder stays
+        names = _write_graph(graph, tmp, f"featgraph: {graph.meta['kind']} graph of {model_name}")
+        save_stats(stats, tmp / "stats", meta={"layer_F": graph.meta.get("layer_F"), "hookpoints": graph.meta.get("hookpoints", []),
+                                               "n_rows": int(rows.shape[0]), "active_frac": graph.meta["options"]["active_frac"]})
     print(f"{graph.meta['kind']} graph: {graph.n_nodes} nodes, {graph.n_edges} edges, {graph.meta['n_communities']} communities, "
           f"modularity {graph.meta['modularity']:.3f}, {stats.n_tokens:,} tokens")
-    for p in paths + [args.out / "stats"]:
-        print(f"wrote {p}")
+    for name in names + ["stats"]:
+        print(f"wrote {out / name}")
     return 0
 
 
 def _communities(args: argparse.Namespace) -> int:
-    from crosscoder.io import atomic_file
-
     from .communities import community_summaries, leiden, louvain, resolution_sweep, stability
     from .export import read_json, write_json
 
+    out = check_output(args.out or Path(args.graph).parent, replace=False)
     graph = read_json(args.graph)
     if args.method == "louvain":
         res = louvain(graph, resolution=args.resolution, seed=args.seed)
@@ -109,11 +112,9 @@ def _communities(args: argparse.Namespace) -> int:
         tokens = ", ".join(repr(t) for t, _ in s.top_tokens[:5])
         print(f"  community {s.community}: {s.size} features over {s.n_hookpoints} hookpoints, density {s.density:.3f}, "
               f"internal {100 * s.internal_fraction:.0f} %, top tokens {tokens}")
-    out = Path(args.out or Path(args.graph).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(graph, out / "graph.json")
-    with atomic_file(out / "communities.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=str))
+    with atomic_dir(out, keep=True) as tmp:  # the folder's other files (pages, statistics) kept; the two new ones swapped in with them
+        write_json(graph, tmp / "graph.json")
+        (tmp / "communities.json").write_text(json.dumps(strict_json(json.loads(json.dumps(report, default=str))), indent=2, allow_nan=False))
     print(f"wrote {out / 'graph.json'} and {out / 'communities.json'}")
     return 0
 
@@ -143,12 +144,20 @@ def _prompt(args: argparse.Namespace) -> int:
     from .crosslayer import active_features, prompt_graph
     from .export import read_json
 
-    graph = read_json(Path(args.graph_dir) / "graph.json")
+    if not args.text.strip():
+        raise FeatgraphError("--text is empty; pass the prompt whose features you want to see")
+    out = check_output(args.out)
+    graph_dir = Path(args.graph_dir)
+    if not (graph_dir / "graph.json").is_file():
+        raise FeatgraphError(f"{graph_dir} holds no graph.json; pass a folder written by `graph build` or `demo`")
+    graph = read_json(graph_dir / "graph.json")
+    if not graph.meta.get("crosscoders"):
+        raise FeatgraphError(f"{graph_dir}/graph.json records no crosscoder; rebuild it with `featgraph graph build`")
     recorded = {"model": {k: v for k, v in (graph.meta.get("model_config") or {"model": graph.meta.get("model", "embedded")}).items()
                           if k != "device"}}
     model_cfg, _ = input_configs(args, recorded)
     device = resolve_device(model_cfg.device)
-    ccs = [load_any_crosscoder(Path(p), device) for p in graph.meta["crosscoders"]]
+    ccs = [load_any_crosscoder(resolve_recorded(p, graph_dir), device) for p in graph.meta["crosscoders"]]
     seed = args.seed if args.seed is not None else graph.meta.get("seed", 0)
     model = load_model_spec(model_cfg.model, device=device, seed=seed, size=model_cfg.size, backend=model_cfg.backend,
                             progress=not args.quiet).model
@@ -161,8 +170,10 @@ def _prompt(args: argparse.Namespace) -> int:
     f_TF = torch.cat([c.f_nF for c in stack_feature_activations(ccs, model, tokens)])
     act = active_features(f_TF.cpu().numpy(), threshold=args.min_act)
     pg = prompt_graph(graph, act.features.tolist(), activation=act.max_act, positions=act.positions)
-    _write_graph(pg, args.out, f"featgraph: features active on one prompt ({pg.n_nodes} of {len(act.features)} in the graph)")
-    print(f"prompt graph: {pg.n_nodes} features ({len(pg.meta['missing'])} active but not in the graph), {pg.n_edges} edges; wrote {args.out}")
+    pg.meta["crosscoders"] = [record_path(resolve_recorded(p, graph_dir), out) for p in graph.meta["crosscoders"]]
+    with atomic_dir(out) as tmp:
+        _write_graph(pg, tmp, f"featgraph: features active on one prompt ({pg.n_nodes} of {len(act.features)} in the graph)")
+    print(f"prompt graph: {pg.n_nodes} features ({len(pg.meta['missing'])} active but not in the graph), {pg.n_edges} edges; wrote {out}")
     return 0
 
 

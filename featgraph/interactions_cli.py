@@ -93,7 +93,7 @@ def _mlp_scores(cc, model, rows, layer, site, progress):
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from crosscoder.io import atomic_file
+    from crosscoder.io import atomic_dir, check_output, strict_json
     from crosscoder.sources import load_inputs
 
     from .export import write_graphml, write_json
@@ -102,8 +102,9 @@ def _rank(args: argparse.Namespace) -> int:
     from .pipeline import token_decoder
 
     kind, layer = site_kind(args.site, args.kind)
-    if args.out.exists() and not args.out.is_dir():
-        raise FeatgraphError(f"output path {args.out} is a file; pass --out with a folder path")
+    out = check_output(args.out)  # before any work
+    if args.merge_with is not None and not Path(args.merge_with).is_file():
+        raise FeatgraphError(f"--merge-with {args.merge_with} is not a file; pass a graph.json written by `graph build` or `demo`")
     recorded = recorded_inputs(args.crosscoder)
     model_cfg, data_cfg = input_configs(args, recorded)
     device = resolve_device(model_cfg.device)
@@ -170,30 +171,31 @@ def _rank(args: argparse.Namespace) -> int:
     if args.check_pairs and kind == "mlp":
         report["check"] = _check(cc, data.model, rows, layer, I, args.check_pairs, args.seed, _mlp_kind(args.site))
         print(f"empirical check: Spearman(analytic, Δ²) = {report['check']['spearman']:.3f} over {report['check']['n_pairs']} pairs")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(args.out / "interactions.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    with atomic_file(args.out / "interactions.csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["rank", "source", "target", "score", "dominant_share", "top_context"])
-            for r in records:
-                w.writerow([r["rank"], r["source"], r["target"], r["score"], r["dominant_share"], r["contexts"][0] if r["contexts"] else ""])
     graph = interaction_graph(I, kind, top_k=args.graph_top_k, meta={"site": args.site})
-    if graph.n_edges:
-        graph.set_node_attr("community", [0] * graph.n_nodes)
-        write_json(graph, args.out / "graph.json")
-        write_graphml(graph, args.out / "graph.graphml")
-        write_html(graph, args.out / "graph.html", title=f"featgraph: {kind} interactions at {args.site}")
+    merged = None
     if args.merge_with is not None:
         from .export import read_json
         from .interaction_graph import merge_graphs
 
         merged = merge_graphs(read_json(args.merge_with), graph)
-        write_json(merged, args.out / "merged.json")
-        write_graphml(merged, args.out / "merged.graphml")
+    with atomic_dir(out) as tmp:  # tables, graph and pages appear together, or the old folder stays
+        (tmp / "interactions.json").write_text(json.dumps(strict_json(report), indent=2, allow_nan=False))
+        with open(tmp / "interactions.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["rank", "source", "target", "score", "dominant_share", "top_context"])
+            for r in records:
+                w.writerow([r["rank"], r["source"], r["target"], r["score"], r["dominant_share"], r["contexts"][0] if r["contexts"] else ""])
+        if graph.n_edges:
+            graph.set_node_attr("community", [0] * graph.n_nodes)
+            write_json(graph, tmp / "graph.json")
+            write_graphml(graph, tmp / "graph.graphml")
+            write_html(graph, tmp / "graph.html", title=f"featgraph: {kind} interactions at {args.site}")
+        if merged is not None:
+            write_json(merged, tmp / "merged.json")
+            write_graphml(merged, tmp / "merged.graphml")
+    if merged is not None:
         print(f"merged with {args.merge_with}: {merged.n_nodes} nodes, {merged.n_edges} typed edges")
-    print(f"wrote {args.out}/interactions.json, interactions.csv, graph.*")
+    print(f"wrote {out}/interactions.json, interactions.csv" + (", graph.*" if graph.n_edges else " (no edges above the cut: no graph)"))
     return 0
 
 

@@ -53,7 +53,7 @@ from crosscoder.model_loading import require_hooked
 from crosscoder.apply import check_compatible
 from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
-from crosscoder.harvest import stop_at_layer
+from crosscoder.harvest import check_finite_activations, stop_at_layer
 
 __all__ = [
     "SITE_KINDS",
@@ -359,8 +359,9 @@ def _site_batches(
             raise FeatgraphError(f"hookpoints {hooks} are not all (batch, pos, {D}); use a crosscoder over residual-width hookpoints")
         acts_BLD = torch.stack(acts, dim=2).reshape(-1, len(hooks), D).float().to(cc.device)
         inv_sigma_B = (1.0 / cache[scale_hook][:, 1:].reshape(-1).float()).to(cc.device) if with_scale else None
-        if not torch.isfinite(acts_BLD).all() or (inv_sigma_B is not None and not torch.isfinite(inv_sigma_B).all()):
-            raise FeatgraphError(f"the model produced NaN/inf activations at {hooks}; check the model weights and dtype (try float32)")
+        check_finite_activations(acts_BLD, hooks, where=f"model '{model.cfg.model_name}'")
+        if inv_sigma_B is not None and not torch.isfinite(inv_sigma_B).all():
+            raise FeatgraphError(f"the model's LayerNorm scale at {scale_hook} is zero or NaN; check the model weights and dtype (try float32)")
         rows = torch.arange(start, start + batch.shape[0])
         index_B = (rows[:, None] * T + torch.arange(1, T)[None, :]).reshape(-1)
         yield acts_BLD, inv_sigma_B, index_B

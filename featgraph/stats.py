@@ -30,10 +30,26 @@ def feature_max(chunks) -> np.ndarray:
     out = None
     for f_nF in chunks:
         m = f_nF.max(dim=0).values.double().cpu().numpy()
+        _check_finite_chunk(m)  # torch's max propagates NaN
         out = m if out is None else np.maximum(out, m)
     if out is None:
         raise ValueError("feature_max() got no chunks")
     return out
+
+
+def _check_finite_chunk(per_feature_F: np.ndarray) -> None:
+    """Raise one FeatgraphError line when a per-feature reduction of a chunk (its sum or max, already on the host) is
+    NaN/inf: the chunk held a non-finite activation (a sum of float32 values cannot overflow float64), so the
+    check costs no device work."""
+    bad = np.flatnonzero(~np.isfinite(per_feature_F))
+    if len(bad):
+        from crosscoder.errors import FeatgraphError
+
+        raise FeatgraphError(
+            f"feature activations hold NaN/inf (first at feature {int(bad[0])}; {len(bad)} feature{'s' if len(bad) != 1 else ''} "
+            "affected), which would poison the "
+            "graph statistics; the crosscoder that made them is corrupt or its training diverged: retrain it"
+        )
 
 
 class CoactivationStats:
@@ -86,11 +102,13 @@ class CoactivationStats:
         if token_index_n is None:
             token_index_n = torch.arange(self.n_tokens, self.n_tokens + n)
         f_nF = f_nF.float()
+        f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
+        chunk_sum_F = f64_nF.sum(0).cpu().numpy()
+        _check_finite_chunk(chunk_sum_F)  # before anything is added: a bad chunk leaves the statistics as they were
         thr = torch.as_tensor(self.threshold, dtype=torch.float32, device=f_nF.device)
         active_nF = f_nF > thr
         self.count_F += active_nF.sum(0).cpu().numpy()
-        f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
-        self.sum_F += f64_nF.sum(0).cpu().numpy()
+        self.sum_F += chunk_sum_F
         self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)

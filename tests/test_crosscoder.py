@@ -78,7 +78,7 @@ def test_save_load_round_trip(tmp_path):
         cc.b_enc_F.normal_()
         cc.norm_scale_L.copy_(torch.tensor([0.5, 1.5, 2.5]))
     save_crosscoder(cc, tmp_path / "cc", extra={"note": "x"})
-    assert sorted(p.name for p in (tmp_path / "cc").iterdir()) == ["cfg.json", "crosscoder.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "cc").iterdir()) == [".featgraph", "cfg.json", "crosscoder.safetensors"]  # .featgraph: a rerun may replace it
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     back = load_crosscoder(tmp_path / "cc")
     assert back.cfg == cc.cfg
