@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,8 @@ from typing import Any, Literal
 from .architectures import ARCHITECTURES
 from .errors import FeatgraphError
 
-__all__ = ["option_flag_names", "CrosscoderConfig", "FitConfig", "TrainConfig", "default_hookpoints", "resolve_device", "source_name", "split_source"]
+__all__ = ["option_flag_names", "check_crosscoder_section", "CrosscoderConfig", "FitConfig", "TrainConfig", "default_hookpoints",
+           "resolve_device", "source_name", "split_source"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,31 @@ def split_source(name: str) -> tuple[str, str]:
     return model, hookpoint
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""Device types featgraph runs on (``--device auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+
+
 def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device without CUDA is one clear error."""
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything that is not a device here (a typo, ``cuda`` without
+    CUDA, ``cuda:7`` on a one-GPU machine, ``mps`` off Apple silicon) is one clear error."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatgraphError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise FeatgraphError(f"--device {name!r} is not a device featgraph runs on; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatgraphError(f"--device {name} was asked for but CUDA is not available; use --device cpu (or auto)")
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise FeatgraphError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; pick one of them")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FeatgraphError(f"--device {name} was asked for but MPS (Apple silicon) is not available; use --device cpu (or auto)")
     return name
 
 
@@ -118,8 +137,14 @@ class CrosscoderConfig:
                 raise FeatgraphError(f"out_hookpoints must be a non-empty list without repeats, got {self.out_hookpoints}")
         if len(set(self.hookpoints)) != len(self.hookpoints):
             raise FeatgraphError(f"crosscoder hookpoints repeat: {self.hookpoints}; list each hookpoint once")
-        if self.d_model <= 0 or self.n_features <= 0:
-            raise FeatgraphError(f"d_model and n_features must be positive, got {self.d_model} and {self.n_features}")
+        bad = [h for h in self.hookpoints + (self.out_hookpoints or []) if not isinstance(h, str) or not h.strip()]
+        if bad:
+            raise FeatgraphError(f"hookpoint {bad[0]!r} is not a hookpoint name; write names such as blocks.0.hook_resid_post")
+        for name in ("d_model", "n_features"):
+            if getattr(self, name) <= 0:
+                raise FeatgraphError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dead_after_tokens <= 0:
+            raise FeatgraphError(f"dead_after_tokens must be positive, got {self.dead_after_tokens}")
         if not self.dec_init_norm > 0:
             raise FeatgraphError(f"dec_init_norm must be > 0, got {self.dec_init_norm}")
         self._check_models()
@@ -215,11 +240,17 @@ class CrosscoderConfig:
         >>> cfg.options["bandwidth"], cfg.options["threshold_grad"]
         (1.5, 'jumping_ahead')
         """
+        if not isinstance(d, dict):
+            raise FeatgraphError(f"a crosscoder cfg.json's config must be a JSON object, got {type(d).__name__}; re-save the crosscoder")
         d = dict(d)
+        _check_recorded_types(d)
         if "options" not in d:
             legacy = getattr(ARCHITECTURES.get(d.get("architecture", _DEFAULT_ARCHITECTURE)).Options, "legacy_defaults", {})
             d = {**legacy, **d}
-        return cls(**_route_flat_options(d, "crosscoder cfg.json"))
+        try:
+            return cls(**_route_flat_options(d, "crosscoder cfg.json"))
+        except (TypeError, ValueError) as e:  # a missing field or a value of the wrong type: a hand-edited or foreign file
+            raise FeatgraphError(f"crosscoder cfg.json holds a malformed config ({' '.join(str(e).split())}); re-save the crosscoder") from None
 
     @classmethod
     def from_flat(cls, hookpoints: list[str], d_model: int, n_features: int, **fields: Any) -> "CrosscoderConfig":
@@ -235,6 +266,41 @@ class CrosscoderConfig:
 
 
 _DEFAULT_ARCHITECTURE = CrosscoderConfig.__dataclass_fields__["architecture"].default
+_SCALARS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_recorded_types(d: dict[str, Any]) -> None:
+    """One line for a recorded int, float or str field of the wrong JSON type (a hand-edited or foreign cfg.json)."""
+    hints = typing.get_type_hints(CrosscoderConfig)
+    for name, value in d.items():
+        hint = hints.get(name)
+        if hint not in _SCALARS or value is None:  # None: left to the constructor, as older files were read
+            continue
+        ok = isinstance(value, str) if hint is str else isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        if not ok:
+            raise FeatgraphError(f"crosscoder cfg.json: {name} must be {_SCALARS[hint]}, got {value!r}; re-save the crosscoder")
+
+
+def check_crosscoder_section(values: dict[str, Any], *, models: bool = False) -> None:
+    """Raise now what :class:`CrosscoderConfig` would raise later for a flat section of its settings (a config file's
+    ``[crosscoder]`` table plus the flags: its own fields and the architecture's options by flat name, e.g. ``k``).
+
+    A command checks its section with this before it loads a model, so ``--n-features 0``, ``--architecture nope``
+    or ``--k 0`` fail at once rather than after the model (whose d_model and hookpoints complete the config) is
+    loaded. Only the model's part is stood in for: one hookpoint, ``d_model`` 1, and, when ``n_features`` is unset
+    (it then follows d_model), a dictionary large enough for any k; ``models`` says whether the run has several.
+
+    >>> check_crosscoder_section({"architecture": "batchtopk", "k": 64, "n_features": 32})
+    Traceback (most recent call last):
+    ...
+    crosscoder.errors.FeatgraphError: k must lie in 1..n_features, got k=64 with n_features=32
+    """
+    trial = {k: v for k, v in values.items() if v is not None}
+    n_features = trial.pop("n_features", 2**31)
+    try:
+        CrosscoderConfig.from_flat(["hookpoint"], 1, n_features, models=["a", "b"] if models else None, **trial)
+    except TypeError as e:  # a keyword CrosscoderConfig does not take
+        raise FeatgraphError(f"crosscoder config: {e}; check the [crosscoder] section and the flags") from None
 
 
 def _option_fields(arch: Any) -> list[str]:
@@ -341,6 +407,12 @@ class TrainConfig:
             raise FeatgraphError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
         if self.lr_warmup_frac + self.lr_decay_frac > 1.0:
             raise FeatgraphError("lr_warmup_frac + lr_decay_frac must be <= 1")
+        if not self.grad_clip >= 0:
+            raise FeatgraphError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.log_every <= 0:
+            raise FeatgraphError(f"log_every must be positive, got {self.log_every}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise FeatgraphError(f"betas must be two numbers in [0, 1), got {tuple(self.betas)}; e.g. 0.9,0.999")
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step``: linear warm-up, constant, linear decay to 0."""
@@ -391,5 +463,9 @@ class FitConfig:
                 raise FeatgraphError(f"{name} must be positive, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise FeatgraphError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.splice_convention not in ("saelens", "keep_bos"):
+            raise FeatgraphError(f"unknown splice_convention {self.splice_convention!r}; choose saelens or keep_bos")
         if self.activation_cache is not None:
             self.activation_cache = Path(self.activation_cache)
+            if self.activation_cache.exists() and not self.activation_cache.is_dir():
+                raise FeatgraphError(f"activation_cache {self.activation_cache} is a file; pass a folder path")

@@ -81,7 +81,11 @@ ROW_BLOCK = 4096
 
 @dataclass
 class DataConfig:
-    """Where the token rows come from and how many there are."""
+    """Where the token rows come from and how many there are.
+
+    A local ``data`` source is checked when the config is made (:func:`_check_source`), so a missing path, an empty
+    or binary file or a table without ``text_column`` fails before any model is loaded for it.
+    """
 
     data: str | None = None
     """A file, folder, glob, HuggingFace dataset (saved folder or name) or data provider; unset = the model's default (embedded)."""
@@ -112,6 +116,8 @@ class DataConfig:
             raise FeatgraphError(f"--max-tokens must be at least 2, got {self.max_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise FeatgraphError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.data is not None:
+            _check_source(self)
 
 
 class TokenRows(NamedTuple):
@@ -155,10 +161,45 @@ class _Source(NamedTuple):
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """Whether folder ``path`` was written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+
+
+def _is_dataset_name(data: str) -> bool:
+    """Whether ``data`` (not an existing path) reads as a HuggingFace dataset name (``owner/name``, no file suffix)."""
+    return bool(_DATASET_NAME.match(data)) and not data.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _check_source(cfg: DataConfig) -> None:
+    """Raise now what reading ``cfg.data`` would raise later for a local source: a missing path, an unsupported suffix, a
+    folder or glob without data files, an unreadable, binary or empty file, a table without the text column.
+
+    Reads at most up to the first document (or row) of the source. Data providers and HuggingFace datasets, saved or
+    by name, are checked when they are read.
+    """
+    data = str(cfg.data)
+    if data in DATA_PROVIDERS:
+        return
+    path = Path(data).expanduser()
+    if path.is_dir() and _is_saved_dataset(path):
+        return
+    if not path.exists() and not any(c in data for c in "*?[") and _is_dataset_name(data):
+        return
+    source = _resolve(data, cfg)
+    items = source.items()
+    try:
+        first = next(items, None)
+    finally:
+        items.close()
+    if first is None:
+        raise FeatgraphError(f"{source.label} gives no text (its files are empty); point --data at files with text or tokens")
+
+
 def _resolve(data: str, cfg: DataConfig) -> _Source:
     path = Path(data).expanduser()
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
+        if _is_saved_dataset(path):
             return _saved_dataset(path, cfg)
         files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
                         and not any(part.startswith(".") for part in p.relative_to(path).parts)),
@@ -176,7 +217,7 @@ def _resolve(data: str, cfg: DataConfig) -> _Source:
         if not files:
             raise FeatgraphError(f"no data files ({', '.join(SUPPORTED_SUFFIXES)}) match {data!r}; check the pattern")
         return _files(files, f"matching {data}", cfg)
-    if _DATASET_NAME.match(data) and not data.lower().endswith(SUPPORTED_SUFFIXES):
+    if _is_dataset_name(data):
         return _hub_dataset(data, cfg)
     known = ", ".join(DATA_PROVIDERS.names()) or "none registered"
     raise FeatgraphError(f"--data {data!r} does not exist; pass a file, folder, glob pattern, HuggingFace dataset name or data provider ({known})")
@@ -194,7 +235,13 @@ def _files(files: list[Path], where: str, cfg: DataConfig) -> _Source:
     def items() -> Iterator[_Item]:
         for path in files:
             log.debug("reading %s", path)
-            yield from _READERS[path.suffix.lower()](path, cfg)
+            try:
+                yield from _READERS[path.suffix.lower()](path, cfg)
+            except UnicodeDecodeError as e:
+                raise FeatgraphError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8, or point --data at "
+                                     "text files") from None
+            except csv.Error as e:
+                raise FeatgraphError(f"{path} is not a readable CSV file ({e}); fix it or convert it to .jsonl") from None
 
     return _Source(label, items)
 
@@ -204,7 +251,7 @@ def _files(files: list[Path], where: str, cfg: DataConfig) -> _Source:
 def _read_txt(path: Path, cfg: DataConfig) -> Iterator[_Item]:
     with open(path, encoding="utf-8", errors="replace") as f:
         if path.stat().st_size <= CHUNK_CHARS:
-            text = f.read()
+            text = _text_of(f.read(), path)
             if text.strip():
                 yield _Text(text)
             return
@@ -214,9 +261,17 @@ def _read_txt(path: Path, cfg: DataConfig) -> Iterator[_Item]:
             lines.append(line)
             size += len(line)
             if size >= CHUNK_CHARS:
-                yield _Text("".join(lines), end=False)
+                yield _Text(_text_of("".join(lines), path), end=False)
                 lines, size = [], 0
-        yield _Text("".join(lines))
+        yield _Text(_text_of("".join(lines), path))
+
+
+def _text_of(text: str, path: Path) -> str:
+    """``text`` as read from ``path``; a NUL character (never in text, always in binary and UTF-16 files) is an error."""
+    if "\x00" in text:
+        raise FeatgraphError(f"{path} holds NUL bytes: it is a binary (or UTF-16) file, not UTF-8 text; point --data at text files "
+                             "or save it as UTF-8")
+    return text
 
 
 def _read_jsonl(path: Path, cfg: DataConfig) -> Iterator[_Item]:
@@ -252,9 +307,13 @@ def _read_csv(path: Path, cfg: DataConfig) -> Iterator[_Item]:
 
 
 def _read_parquet(path: Path, cfg: DataConfig) -> Iterator[_Item]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise FeatgraphError(f"{path} cannot be read as a Parquet file ({_first_line(e)}); fix or re-write it") from None
     column = _pick_column(pf.schema_arrow.names, cfg.text_column, str(path))
     for batch in pf.iter_batches(batch_size=1024, columns=[column]):
         yield from _record_items(({column: v} for v in batch.column(0).to_pylist()), str(path), cfg.text_column)
@@ -263,15 +322,19 @@ def _read_parquet(path: Path, cfg: DataConfig) -> Iterator[_Item]:
 def _read_npy(path: Path, cfg: DataConfig) -> Iterator[_Item]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError, OSError) as e:
         raise FeatgraphError(f"{path} cannot be read as a token array ({e}); save an integer array with np.save") from None
     yield from _array_items(array.shape, lambda a, b: np.asarray(array[a:b]), str(path), str(array.dtype))
 
 
 def _read_safetensors(path: Path, cfg: DataConfig) -> Iterator[_Item]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    try:
+        f = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise FeatgraphError(f"{path} cannot be read as a safetensors file ({_first_line(e)}); save the tokens with safetensors' save_file") from None
+    with f:
         keys = list(f.keys())
         named = [k for k in TOKEN_TENSOR_NAMES if k in keys]
         if len(keys) != 1 and not named:

@@ -347,6 +347,8 @@ def read_crosscoder_meta(folder: str | os.PathLike) -> dict[str, Any]:
     if not folder.is_dir() or not cfg_path.is_file():
         raise FeatgraphError(f"{folder} is not a crosscoder folder (no {CFG_FILE}); pass a folder written by `featgraph demo` or save_crosscoder")
     meta = load_json_file(cfg_path, "re-save the crosscoder")
+    if not isinstance(meta, dict):
+        raise FeatgraphError(f"{cfg_path} holds a JSON {type(meta).__name__}, not a crosscoder config object; re-save the crosscoder")
     if meta.get("format") != FORMAT_NAME:
         raise FeatgraphError(f"{cfg_path} is not a featgraph crosscoder config (format={meta.get('format')!r})")
     return meta
@@ -356,6 +358,8 @@ def load_crosscoder(folder: str | os.PathLike, device: str | torch.device = "cpu
     """Load a crosscoder saved by :func:`save_crosscoder`, checking that weights match the config; in eval mode."""
     folder = Path(folder)
     meta = read_crosscoder_meta(folder)
+    if not isinstance(meta.get("config"), dict):
+        raise FeatgraphError(f"{folder / CFG_FILE} has no \"config\" object; the folder is damaged — re-save or re-train the crosscoder")
     cc = build_crosscoder(CrosscoderConfig.from_dict(meta["config"]))
     weights_path = folder / WEIGHTS_FILE
     state = load_safetensors_file(weights_path, "crosscoder weights", "the crosscoder folder is incomplete — re-save it",

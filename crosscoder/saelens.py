@@ -67,9 +67,9 @@ from .build import build_crosscoder
 from .config import CrosscoderConfig
 from .crosscoder import Crosscoder, SAELensImport, SAELensSAE
 from .errors import FeatgraphError
-from .io import atomic_dir, load_json_file, load_safetensors_file
+from .io import CFG_FILE, FORMAT_NAME, WEIGHTS_FILE, atomic_dir, load_json_file, load_safetensors_file
 
-__all__ = ["save_saelens", "load_saelens", "SAELENS_CFG_FILE", "SAELENS_WEIGHTS_FILE"]
+__all__ = ["save_saelens", "load_saelens", "crosscoder_folder_kind", "SAELENS_CFG_FILE", "SAELENS_WEIGHTS_FILE"]
 
 SAELENS_CFG_FILE = "cfg.json"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
@@ -190,6 +190,50 @@ def _export_cfg(cc: Crosscoder, sae_arch: str, scale: float, extra_meta: dict[st
 
 # ---- import ------------------------------------------------------------------------------------------------
 
+_EITHER = ("a folder written by featgraph (cfg.json + crosscoder.safetensors) or a SAELens SAE folder "
+           "(cfg.json + sae_weights.safetensors)")
+_FEATGRAPH = "a folder written by `featgraph demo`, `featgraph crosscoder train` or save_crosscoder"
+
+
+def crosscoder_folder_kind(folder: str | os.PathLike, *, saelens: bool = True) -> str:
+    """``"featgraph"`` or ``"saelens"``: which saved form ``folder`` holds, or one FeatgraphError line naming what is wrong.
+
+    Checks what can be checked without loading weights: the folder exists and is a folder, cfg.json is there, is JSON
+    and is a featgraph crosscoder config (or, with ``saelens``, a SAELens SAE config), and a featgraph folder has its
+    weights file. A folder with the weights but no cfg.json, or a cfg.json that does not parse, is named as the
+    incomplete or broken crosscoder (or SAE) it is.
+    """
+    folder = Path(folder)
+    want = _EITHER if saelens else _FEATGRAPH
+    if not folder.exists():
+        raise FeatgraphError(f"crosscoder {folder} does not exist; pass {want}")
+    if not folder.is_dir():
+        inside = folder.name in (CFG_FILE, WEIGHTS_FILE, SAELENS_WEIGHTS_FILE)
+        fix = f"pass the folder that holds it, {folder.parent}" if inside else f"pass {want}"
+        raise FeatgraphError(f"crosscoder {folder} is a file, not a folder; {fix}")
+    cfg_path = folder / CFG_FILE
+    weights = [name for name in (WEIGHTS_FILE, SAELENS_WEIGHTS_FILE) if (folder / name).is_file()]
+    what = "SAE" if weights == [SAELENS_WEIGHTS_FILE] else "crosscoder"
+    if not cfg_path.is_file():
+        if weights:
+            raise FeatgraphError(f"{folder} holds {weights[0]} but no {CFG_FILE}: the {what} folder is incomplete — re-save the {what}")
+        raise FeatgraphError(f"{folder} is not a crosscoder folder (no {CFG_FILE}); pass {want}")
+    meta = load_json_file(cfg_path, f"re-save the {what}")
+    if not isinstance(meta, dict):
+        raise FeatgraphError(f"{cfg_path} holds a JSON {type(meta).__name__}, not a crosscoder config; re-save the {what}")
+    if meta.get("format") == FORMAT_NAME or (meta.get("format") is None and WEIGHTS_FILE in weights):
+        if not isinstance(meta.get("config"), dict):
+            raise FeatgraphError(f"{cfg_path} has no crosscoder config (its 'config' entry is missing or not an object); re-save the crosscoder")
+        CrosscoderConfig.from_dict(meta["config"])  # a malformed config: one line now, before any model loads
+        if WEIGHTS_FILE not in weights:
+            raise FeatgraphError(f"{folder / WEIGHTS_FILE} is missing; the crosscoder folder is incomplete — re-save it")
+        return "featgraph"
+    if saelens and "d_in" in meta and "d_sae" in meta:
+        return "saelens"
+    kind = "featgraph crosscoder config" + (" nor a SAELens SAE config" if saelens else "")
+    raise FeatgraphError(f"{cfg_path} is not a {kind} (format={meta.get('format')!r}); pass {want}")
+
+
 
 def load_saelens(folder: str | os.PathLike, device: str | torch.device = "cpu", hookpoint: str | None = None) -> Crosscoder:
     """Load a SAELens SAE folder as a one-hookpoint crosscoder with the same encode/decode on raw activations.
@@ -234,7 +278,12 @@ def load_saelens(folder: str | os.PathLike, device: str | torch.device = "cpu", 
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / SAELENS_CFG_FILE
-    if not folder.is_dir() or not path.is_file():
+    if not folder.is_dir():
+        raise FeatgraphError(f"{folder} is not a SAELens SAE folder ({'it is a file' if folder.exists() else 'it does not exist'}); "
+                             "pass a folder written by sae.save_model or save_saelens")
+    if not path.is_file():
+        if (folder / WEIGHTS_FILE).is_file():  # featgraph's own weights: a featgraph crosscoder that lost its cfg.json
+            raise FeatgraphError(f"{folder} holds {WEIGHTS_FILE} but no {CFG_FILE}: the crosscoder folder is incomplete — re-save the crosscoder")
         raise FeatgraphError(f"{folder} is not a SAELens SAE folder (no {SAELENS_CFG_FILE}); pass a folder written by sae.save_model or save_saelens")
     sae_cfg = load_json_file(path, "re-save the SAE")
     if not isinstance(sae_cfg, dict) or "d_in" not in sae_cfg or "d_sae" not in sae_cfg:

@@ -10,12 +10,10 @@ recorded in it (so ``graph build --crosscoder CC`` runs on the text CC was train
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from crosscoder.data import DataConfig
-from crosscoder.errors import FeatgraphError
 from crosscoder.sources import ModelConfig
 
 from .configs import add_config_arguments, build_config, values_from_args
@@ -41,20 +39,10 @@ def input_configs(args: argparse.Namespace, *recorded: Mapping[str, Any], where:
 
 
 def load_any_crosscoder(path: Path, device: str):
-    """A featgraph crosscoder folder, or a SAELens SAE folder."""
-    from crosscoder.io import load_crosscoder, read_crosscoder_meta
+    """A featgraph crosscoder folder, or a SAELens SAE folder (a path that is neither is one line saying what it is)."""
+    from crosscoder.io import load_crosscoder
+    from crosscoder.saelens import crosscoder_folder_kind, load_saelens
 
-    path = Path(path)
-    if (path / "cfg.json").is_file():
-        try:
-            fmt = json.loads((path / "cfg.json").read_text()).get("format")
-        except json.JSONDecodeError:
-            fmt = None
-        if fmt == "featgraph.crosscoder" or fmt is None and (path / "crosscoder.safetensors").is_file():
-            read_crosscoder_meta(path)  # one clear line for a broken cfg.json
-            return load_crosscoder(path, device=device)
-    if not path.is_dir():
-        raise FeatgraphError(f"{path} is not a crosscoder folder; pass a folder written by featgraph (cfg.json + crosscoder.safetensors) or a SAELens SAE folder")
-    from crosscoder.saelens import load_saelens
-
+    if crosscoder_folder_kind(path) == "featgraph":
+        return load_crosscoder(path, device=device)
     return load_saelens(path, device=device)

@@ -18,6 +18,11 @@ From that one definition this module makes
 
 Supported field types: ``int``, ``float``, ``str``, ``bool``, ``Path``, ``Literal[...]``, ``X | None``,
 ``list[X]``, ``tuple[X, Y]`` / ``tuple[X, ...]`` and ``dict[str, Any]`` (file only; no flag).
+
+Three rules hold for every field, from a flag and from a file alike: a ``float`` is finite (``nan`` and ``inf`` are
+refused: no setting means them); a ``Path`` is not empty (``--out ""`` would be the current folder); and an optional
+list (``list[X] | None``) is never empty — ``--hookpoints ""`` or ``hookpoints = []`` is an error, not a silent "use
+the default" (leave the field out, or pass ``none``, for that).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import operator
 import re
 import reprlib
@@ -42,6 +48,7 @@ from typing import Any, Literal, Union
 from crosscoder.errors import FeatgraphError
 
 __all__ = [
+    "int_at_least", "finite_float", "float_list",
     "add_config_arguments",
     "build_config",
     "coerce",
@@ -213,7 +220,11 @@ def coerce(value: Any, hint: Any, where: str, field: str = "value") -> Any:
     """
     inner, optional = _split_optional(hint)
     if optional:
-        return None if value is None else coerce(value, inner, where, field)
+        if value is None:
+            return None
+        if typing.get_origin(inner) is list and isinstance(value, (list, tuple)) and not value:
+            raise FeatgraphError(f"{where}: {field} is an empty list; give at least one item, or leave {field} out for the default")
+        return coerce(value, inner, where, field)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
 
     def fail(fix: str = "") -> FeatgraphError:
@@ -233,14 +244,20 @@ def coerce(value: Any, hint: Any, where: str, field: str = "value") -> Any:
         raise fail(_unquote_fix(value, hint, field))
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+            if not math.isfinite(number):
+                raise FeatgraphError(f"{where}: {field} must be a finite number, got {_got(value)}")
+            return number
         raise fail(_unquote_fix(value, hint, field))
     if hint is str:
         if isinstance(value, str):
             return value
         raise fail()
     if isinstance(hint, type) and issubclass(hint, Path):
-        if isinstance(value, (str, Path)):
+        if isinstance(value, (str, Path)) and str(value).strip():
             return hint(value)
         raise fail()
     if origin is Literal:
@@ -316,6 +333,8 @@ def parse_flag(text: str, hint: Any) -> Any:
     if optional:
         if text.strip().lower() == "none":
             return None
+        if typing.get_origin(inner) is list and not text.replace(",", "").strip():
+            raise FeatgraphError(f"{text!r} is an empty list; give at least one comma-separated value, or none for the default")
         try:
             return parse_flag(text, inner)
         except FeatgraphError as e:  # say that none is allowed too
@@ -332,6 +351,8 @@ def parse_flag(text: str, hint: Any) -> Any:
     if hint is str or hint is Any:
         return text
     if isinstance(hint, type) and issubclass(hint, Path):
+        if not s:
+            raise FeatgraphError(f"{text!r} is an empty path; give a file or folder path")
         return hint(text)
     if hint is bool:
         if s.lower() in _TRUE:
@@ -353,9 +374,12 @@ def parse_flag(text: str, hint: Any) -> Any:
         raise fail()
     if hint is float:
         try:
-            return float(s)
+            number = float(s)
         except ValueError:
             raise fail() from None
+        if not math.isfinite(number):
+            raise FeatgraphError(f"{text!r} is not a finite number")
+        return number
     if origin is Literal:
         for choice in args:
             if s == str(choice):
@@ -553,10 +577,12 @@ def load_config_file(path: str | Path | None, sections: Mapping[str, type]) -> d
     if path is None:
         return out
     path = Path(path)
+    if path.is_dir():
+        raise FeatgraphError(f"config file {path} is a folder; pass the .toml or .json file itself")
+    if not path.exists():
+        raise FeatgraphError(f"config file {path} does not exist; check the path")
     if path.suffix not in (".toml", ".json"):
         raise FeatgraphError(f"config file {path} must end in .toml or .json (got {path.suffix or 'no suffix'!r})")
-    if not path.is_file():
-        raise FeatgraphError(f"config file {path} does not exist; check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -636,3 +662,41 @@ def build_config(cls: type, *layers: Mapping[str, Any], where: str = "", skip_no
         raise
     except (TypeError, ValueError) as e:
         raise FeatgraphError(f"{prefix}{cls.__name__}: {' '.join(str(e).split())}") from None
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a hand-written flag: an integer ``>= low`` (argparse then prints one error line naming it)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: a finite float (no nan/inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse ``type``: comma-separated finite numbers, e.g. ``0.5,1,2``."""
+    try:
+        return [finite_float(x) for x in text.split(",") if x.strip()] or _empty_list(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,1,2, got {text!r}") from None
+
+
+def _empty_list(text: str) -> list[float]:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,1,2, got {text!r}")

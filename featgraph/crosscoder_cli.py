@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from crosscoder.build import ARCHITECTURES
-from crosscoder.config import CrosscoderConfig, FitConfig, TrainConfig, default_hookpoints, option_flag_names, resolve_device
+from crosscoder.config import (CrosscoderConfig, FitConfig, TrainConfig, check_crosscoder_section, default_hookpoints, option_flag_names,
+                               resolve_device)
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import absolute_spec, check_output
@@ -37,7 +38,7 @@ from crosscoder.sources import ModelConfig
 from crosscoder.sources import config_record, recorded_inputs
 
 from .cli_inputs import add_input_arguments, input_configs
-from .configs import add_config_arguments, config_hints, build_config, load_config_file, values_from_args
+from .configs import add_config_arguments, config_hints, build_config, int_at_least, load_config_file, values_from_args
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "crosscoder_section"]
 
@@ -141,6 +142,10 @@ def _configs(args: argparse.Namespace) -> dict[str, Any]:
     crosscoder = {**file["crosscoder"], **{k: v for k, v in values_from_args(args, CrosscoderConfig).items() if k not in _FIXED}}
     crosscoder.update(_typed_options(args, crosscoder.get("architecture")))
     typed_run = {**run_section, **values_from_args(args, RunConfig)}
+    if getattr(args, "parent", None) is None:  # a new crosscoder: its section is checked now, before any model loads
+        check_crosscoder_section(crosscoder, models=bool(typed_run.get("models")))
+    elif not str(getattr(args, "stage", "")).strip():
+        raise FeatgraphError("--stage is empty; name this fine-tuning stage, e.g. --stage D")
     return {"set": set(typed_run),"run": make(RunConfig), "model": make(ModelConfig, file["model"]), "data": make(DataConfig, file["data"]),
             "fit": make(FitConfig, file["fit"]), "train": build_config(TrainConfig, file["train"], values_from_args(args, TrainConfig), where=where, skip_none=False),
             "crosscoder": crosscoder}
@@ -353,7 +358,7 @@ def add_crosscoder_parser(sub) -> None:
     e.add_argument("crosscoder", type=Path)
     add_input_arguments(e)
     e.add_argument("--seed", type=int, default=None, help="seed of the model provider and the data split (default: the crosscoder's run)")
-    e.add_argument("--rows", type=int, default=64, help="held-out token rows (default: 64)")
+    e.add_argument("--rows", type=int_at_least(1), default=64, help="held-out token rows (default: 64)")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
     e.add_argument("--no-splice", action="store_true", help="skip the splice-in forward passes")
     e.add_argument("--splice-convention", dest="splice_convention", choices=["saelens", "keep_bos"], default="saelens",
@@ -369,8 +374,8 @@ def add_crosscoder_parser(sub) -> None:
     d.add_argument("--b", default=None, help="model at r = 1 (default the second)")
     d.add_argument("--space", choices=["normalised", "raw"], default="normalised",
                    help="decoders as trained, in normalised space (default: the papers' convention) or in raw activation units")
-    d.add_argument("--bins", type=int, default=20, help="histogram bins over [0, 1]")
-    d.add_argument("--scaling-rows", dest="scaling_rows", type=int, default=0,
+    d.add_argument("--bins", type=int_at_least(1), default=20, help="histogram bins over [0, 1]")
+    d.add_argument("--scaling-rows", dest="scaling_rows", type=int_at_least(0), default=0,
                    help="also fit latent scaling (β, ν) on this many held-out rows of the models it was trained on")
     d.add_argument("--fit-decoder", dest="fit_decoder", choices=["b", "larger"], default="b",
                    help="latent scaling: fit every latent's β with model b's decoder (default: Minder et al.) or with the larger of the two")

@@ -26,7 +26,7 @@ from crosscoder.io import atomic_dir, check_output, record_path, resolve_recorde
 from crosscoder.sources import ModelConfig, config_record, recorded_inputs
 
 from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
-from .configs import add_config_arguments, build_config, values_from_args
+from .configs import add_config_arguments, build_config, finite_float, float_list, int_at_least, values_from_args
 from .crosslayer import SPAR_ACTIVE_FRAC
 from .options import GraphConfig
 
@@ -98,7 +98,7 @@ def _communities(args: argparse.Namespace) -> int:
     report: dict = {"method": args.method, "objective": args.objective, "resolution": args.resolution, "seed": args.seed,
                     "n_communities": res.n_communities, "modularity": res.modularity}
     if args.sweep:
-        sweep = resolution_sweep(graph, [float(x) for x in args.sweep.split(",")], objective=args.objective, seed=args.seed)
+        sweep = resolution_sweep(graph, args.sweep, objective=args.objective, seed=args.seed)
         report["sweep"] = [r._asdict() for r in sweep]
         for r in sweep:
             print(f"  γ={r.resolution:<6g} {r.n_communities:4d} communities  modularity {r.modularity:.3f}")
@@ -197,22 +197,22 @@ def add_graph_parser(sub) -> None:
     c.add_argument("graph", type=Path, help="a graph.json written by `graph build` or `demo`")
     c.add_argument("--method", choices=["leiden", "louvain"], default="leiden")
     c.add_argument("--objective", choices=["modularity", "cpm", "rbconfiguration"], default="modularity")
-    c.add_argument("--resolution", type=float, default=1.0)
+    c.add_argument("--resolution", type=finite_float, default=1.0)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--sweep", default=None, help="comma-separated resolutions")
-    c.add_argument("--stability", type=int, default=0, help="number of seeds for the stability check")
-    c.add_argument("--show", type=int, default=10)
+    c.add_argument("--sweep", type=float_list, default=None, help="comma-separated resolutions")
+    c.add_argument("--stability", type=int_at_least(0), default=0, help="number of seeds for the stability check")
+    c.add_argument("--show", type=int_at_least(0), default=10)
     c.add_argument("--out", type=Path, default=None, help="folder (default: the graph's)")
     c.set_defaults(run=_communities)
 
     g = cmds.add_parser("gates", help="pass-through/appearing counts and AND/OR gates of a stack graph")
     g.add_argument("graph_dir", type=Path, help="a folder written by `graph build` with several --crosscoder")
-    g.add_argument("--tau", type=float, default=0.5)
+    g.add_argument("--tau", type=finite_float, default=0.5)
     g.add_argument("--measure", default="pearson")
-    g.add_argument("--gate-threshold", dest="gate_threshold", type=float, default=0.999)
-    g.add_argument("--min-count", dest="min_count", type=int, default=10)
-    g.add_argument("--show", type=int, default=20)
-    g.add_argument("--active-frac", dest="active_frac", type=float, default=SPAR_ACTIVE_FRAC,
+    g.add_argument("--gate-threshold", dest="gate_threshold", type=finite_float, default=0.999)
+    g.add_argument("--min-count", dest="min_count", type=int_at_least(1), default=10)
+    g.add_argument("--show", type=int_at_least(0), default=20)
+    g.add_argument("--active-frac", dest="active_frac", type=finite_float, default=SPAR_ACTIVE_FRAC,
                    help="the activity rule the statistics were built with: active above this fraction of the feature's max "
                         "(default 0.2, spar-2024's rule and `graph build`'s default for stacks; 0 = any positive activation)")
     g.set_defaults(run=_gates)
@@ -222,7 +222,7 @@ def add_graph_parser(sub) -> None:
     q.add_argument("--text", required=True)
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--seed", type=int, default=None, help="seed of the model provider (default: the graph's)")
-    q.add_argument("--min-act", dest="min_act", type=float, default=0.0)
+    q.add_argument("--min-act", dest="min_act", type=finite_float, default=0.0)
     add_config_arguments(q.add_argument_group("model (default: the graph's)"), ModelConfig)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(run=_prompt)

@@ -26,6 +26,7 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.sources import recorded_inputs
 
 from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
+from .configs import int_at_least
 
 __all__ = ["add_interactions_parser", "site_kind"]
 
@@ -232,15 +233,15 @@ def add_interactions_parser(sub) -> None:
     r.add_argument("--site", required=True, help="blocks.N.ln2.hook_normalized | blocks.N.hook_resid_mid | blocks.N.ln1.hook_normalized")
     r.add_argument("--kind", choices=["mlp", "qk", "ov"], default=None, help="default: mlp for MLP sites, qk for attention sites")
     r.add_argument("--read-hookpoint", dest="read_hookpoint", default=None, help="ov: the downstream hookpoint the crosscoder reads")
-    r.add_argument("--top", type=int, default=50)
-    r.add_argument("--show", type=int, default=20, help="rows of the printed table")
-    r.add_argument("--show-tokens", dest="show_tokens", type=int, default=10)
-    r.add_argument("--graph-top-k", dest="graph_top_k", type=int, default=5)
-    r.add_argument("--check-pairs", dest="check_pairs", type=int, default=0, help="Δ² check on this many pairs (MLP sites)")
+    r.add_argument("--top", type=int_at_least(1), default=50)
+    r.add_argument("--show", type=int_at_least(0), default=20, help="rows of the printed table")
+    r.add_argument("--show-tokens", dest="show_tokens", type=int_at_least(0), default=10)
+    r.add_argument("--graph-top-k", dest="graph_top_k", type=int_at_least(1), default=5)
+    r.add_argument("--check-pairs", dest="check_pairs", type=int_at_least(0), default=0, help="Δ² check on this many pairs (MLP sites)")
     r.add_argument("--merge-with", dest="merge_with", type=Path, default=None,
                    help="a co-activation graph.json to merge with into one typed multigraph (merged.json, merged.graphml)")
     add_input_arguments(r)
-    r.add_argument("--rows", type=int, default=200, help="token rows the interactions are accumulated over (default: 200)")
+    r.add_argument("--rows", type=int_at_least(1), default=200, help="token rows the interactions are accumulated over (default: 200)")
     r.add_argument("--seed", type=int, default=None, help="seed of the model provider, the data split and the Δ² pairs (default: the crosscoder's, else 0)")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--quiet", action="store_true")

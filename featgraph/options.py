@@ -7,6 +7,7 @@ start-up (:mod:`featgraph.configs`) without loading TransformerLens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,12 @@ class GraphConfig:
             raise FeatgraphError(f"min_cocount, rows and batch_size must be >= 1, got {self.min_cocount}, {self.rows}, {self.batch_size}")
         if self.active_frac is not None and not 0.0 <= self.active_frac < 1.0:
             raise FeatgraphError(f"active_frac must lie in [0, 1), got {self.active_frac}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise FeatgraphError(f"threshold must be a finite number (or unset), got {self.threshold}")
+        if self.objective not in ("modularity", "cpm", "rbconfiguration"):
+            raise FeatgraphError(f"unknown objective {self.objective!r}; choose modularity, cpm or rbconfiguration")
+        if not (self.resolution > 0 and math.isfinite(self.resolution)):
+            raise FeatgraphError(f"resolution must be a positive number (Leiden's γ), got {self.resolution}")
 
 
 @dataclass
@@ -111,5 +118,18 @@ class DemoConfig:
             raise FeatgraphError(f"unknown demo size {self.size!r}; choose one of {sorted(SIZES)}")
         if self.out.exists() and not self.out.is_dir():
             raise FeatgraphError(f"output path {self.out} is a file; pass --out with a folder path")
+        if self.seed < 0:
+            raise FeatgraphError(f"seed must be >= 0, got {self.seed}")
+        if self.hookpoints is not None:
+            self.hookpoints = list(self.hookpoints)
+            if not self.hookpoints or len(set(self.hookpoints)) != len(self.hookpoints):
+                raise FeatgraphError(f"hookpoints must be a non-empty list without repeats, got {self.hookpoints}; or leave it unset for the default")
+        if self.top_k < 1:
+            raise FeatgraphError(f"top_k must be >= 1, got {self.top_k}")
+        if not (self.l1_coeff >= 0 and math.isfinite(self.l1_coeff)):
+            raise FeatgraphError(f"l1_coeff must be a number >= 0, got {self.l1_coeff}")
+        if self.crosscoder is not None:  # one line now, before any model loads, if it is not a featgraph crosscoder folder
+            from crosscoder.saelens import crosscoder_folder_kind  # torch: only when a crosscoder is named, not at CLI start-up
 
-
+            self.crosscoder = Path(self.crosscoder)
+            crosscoder_folder_kind(self.crosscoder, saelens=False)
