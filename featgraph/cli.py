@@ -8,6 +8,7 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,6 +16,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
@@ -125,7 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_third_party(bars=not getattr(args, "quiet", False), chatter=args.verbose)
+    with _quiet_third_party(bars=not getattr(args, "quiet", False), chatter=args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "quiet", False):  # libraries imported before this run: their bars off now (the env covers later imports)
+        for mod, off in (("huggingface_hub", "utils.disable_progress_bars"), ("transformers", "utils.logging.disable_progress_bar"),
+                         ("datasets", "disable_progress_bars")):
+            if mod in sys.modules:
+                _call(sys.modules[mod], off)
     try:
         return args.run(args)
     except FeatgraphError as e:
@@ -149,22 +160,48 @@ def _fail(message: str, verbose: bool) -> int:
     return 2
 
 
-def _quiet_third_party(bars: bool, chatter: bool) -> None:
+@contextlib.contextmanager
+def _quiet_third_party(bars: bool, chatter: bool) -> Iterator[None]:
     """--quiet: no progress bars at all, the loading bars of transformers / huggingface_hub / datasets included; their
-    warnings and info lines only with -v."""
+    warnings and info lines only with -v. Everything is put back afterwards (main() may run in a longer process)."""
+    env = {k: os.environ.get(k) for k in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY")}
+    levels = {name: logging.getLogger(name).level for name in ("transformers", "datasets", "huggingface_hub")}
+    switched = []
     if not bars:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub (and so transformers) is imported
-        if "huggingface_hub" in sys.modules:
-            sys.modules["huggingface_hub"].utils.disable_progress_bars()
-        if "transformers" in sys.modules:
-            sys.modules["transformers"].utils.logging.disable_progress_bar()
-        if "datasets" in sys.modules:
-            sys.modules["datasets"].disable_progress_bars()
+        for mod, off, on in (("huggingface_hub", "utils.disable_progress_bars", "utils.enable_progress_bars"),
+                             ("transformers", "utils.logging.disable_progress_bar", "utils.logging.enable_progress_bar"),
+                             ("datasets", "disable_progress_bars", "enable_progress_bars")):
+            switched.append((mod, off, on))
     if not chatter:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DATASETS_VERBOSITY", "error")
-        for name in ("transformers", "datasets", "huggingface_hub"):
+        for name in levels:
             logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for mod, _, on in switched:
+            if mod in sys.modules:
+                with warnings.catch_warnings():  # huggingface_hub imported under the variable keeps it, and says so
+                    warnings.simplefilter("ignore")
+                    _call(sys.modules[mod], on)
+
+
+def _call(module, dotted: str) -> None:
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return
+    obj()
 
 
 if __name__ == "__main__":

@@ -319,7 +319,8 @@ def test_quiet_silences_transformers_loading_bar(tmp_path):
         argv = [sys.executable, "-m", "featgraph.cli", "crosscoder", "train", "--model", str(tmp_path / "ckpt"), "--data",
                 str(tmp_path / "text.txt"), "--steps", "2", "--n-features", "16", "--context-size", "16", "--no-splice",
                 "--out", str(tmp_path / "cc"), *extra]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr
         return r.stderr
 
