@@ -35,6 +35,8 @@ _EXPORTS = {
     "export_graph": ".export", "write_json": ".export", "read_json": ".export", "write_graphml": ".export", "write_gexf": ".export",
     "write_cytoscape": ".export", "write_csv": ".export", "write_neuronpedia": ".export",
     "write_report": ".report",
+    "add_labels": ".labels", "read_user_labels": ".labels", "add_dashboards": ".dashboards", "logit_lens": ".dashboards",
+    "write_feature_json": ".dashboards",
     "mlp_interactions": ".mlp_interactions", "qk_interactions": ".attention_interactions", "ov_interactions": ".attention_interactions",
     "stack_graph": ".crosslayer", "prompt_graph": ".crosslayer", "find_gates": ".crosslayer", "pass_through_counts": ".crosslayer",
     "DemoConfig": ".options", "run_demo": ".demo",

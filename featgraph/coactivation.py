@@ -19,7 +19,8 @@ from .graph import FeatureGraph
 from .measures import MEASURES, decoder_cosine
 from .stats import CoactivationStats
 
-__all__ = ["coactivation_graph", "top_k_mask", "prune_mask", "add_layer_profiles", "add_top_contexts", "add_model_diff", "feature_id"]
+__all__ = ["coactivation_graph", "top_k_mask", "prune_mask", "add_layer_profiles", "add_top_contexts", "add_model_diff", "feature_id",
+           "token_context"]
 
 
 def feature_id(i: int) -> str:
@@ -150,17 +151,18 @@ def add_top_contexts(
     the row's start (position 1, after BOS).
     """
     tokens_NT = np.asarray(tokens_NT)
-    T = tokens_NT.shape[1]
     contexts = []
     index_key = "global_feature" if "global_feature" in graph.node_attrs else "feature"  # stacks: global index
     for f in graph.node_attrs[index_key]:
-        ctx = []
-        for val, idx in zip(stats.top_val_FM[f][:n_contexts], stats.top_idx_FM[f][:n_contexts]):
-            if idx < 0:
-                continue
-            row, pos = divmod(int(idx), T)
-            left = "".join(token_str(t) for t in tokens_NT[row, max(1, pos - window) : pos])
-            right = "".join(token_str(t) for t in tokens_NT[row, pos + 1 : pos + 1 + window // 2])
-            ctx.append({"left": left, "token": token_str(int(tokens_NT[row, pos])), "right": right, "act": round(float(val), 4)})
-        contexts.append(ctx)
+        top = zip(stats.top_val_FM[f][:n_contexts], stats.top_idx_FM[f][:n_contexts])
+        contexts.append([token_context(tokens_NT, int(idx), float(val), token_str, window) for val, idx in top if idx >= 0])
     graph.set_node_attr("top_contexts", contexts)
+
+
+def token_context(tokens_NT: np.ndarray, index: int, act: float, token_str: Callable[[int], str], window: int = 8) -> dict:
+    """``{left, token, right, act}`` around the token at flat index ``index`` = row·T + pos of ``tokens_NT``: up to
+    ``window`` tokens on the left (stopping after BOS at position 0) and ``window // 2`` on the right."""
+    row, pos = divmod(index, tokens_NT.shape[1])
+    left = "".join(token_str(t) for t in tokens_NT[row, max(1, pos - window) : pos])
+    right = "".join(token_str(t) for t in tokens_NT[row, pos + 1 : pos + 1 + window // 2])
+    return {"left": left, "token": token_str(int(tokens_NT[row, pos])), "right": right, "act": round(act, 4)}

@@ -486,6 +486,7 @@ def prompt_graph(
     activation: Sequence[float] | None = None,
     positions: Sequence[Sequence[int]] | None = None,
     spacing: float = 1.0,
+    prompt_tokens: Sequence[str] | None = None,
 ) -> FeatureGraph:
     """The subgraph of ``graph`` induced by the features active on one prompt, laid out by layer.
 
@@ -495,7 +496,9 @@ def prompt_graph(
     among them; each gets ``x`` = layer · ``spacing`` (layer from ``layer``, else ``peak_layer``) and ``y``
     = (rank − (n_l − 1)/2) · ``spacing``, the rank within its layer by descending ``activation`` if given (else
     by node order), plus ``prompt_activation`` and ``prompt_positions`` where given (aligned with
-    ``active_ids``).
+    ``active_ids``). ``prompt_tokens`` — the prompt's tokens as text, indexed as ``positions`` are (so including a
+    BOS token) — are kept as ``meta["prompt_tokens"]`` and ``meta["prompt"]`` (their concatenation), which the
+    Neuronpedia export shows as the prompt.
     """
     layer_key = "layer" if "layer" in graph.node_attrs else "peak_layer"
     if layer_key not in graph.node_attrs:
@@ -514,11 +517,17 @@ def prompt_graph(
     layer_K = np.asarray(attrs[layer_key], dtype=np.float64)
     attrs["x"] = (layer_K * spacing).tolist()
     attrs["y"] = _spread(layer_K, act_K, spacing).tolist()
+    meta = {**graph.meta, "kind": "prompt", "source_kind": graph.meta.get("kind"), "n_active": len(active_ids), "missing": missing}
+    if prompt_tokens is not None:
+        tokens = [str(t) for t in prompt_tokens]
+        last = max((p for ps in attrs.get("prompt_positions", []) for p in ps), default=-1)
+        if last >= len(tokens):
+            raise FeatgraphError(f"a feature is active at position {last} but prompt_tokens has {len(tokens)} tokens; "
+                                 "pass every token of the prompt, the BOS token included")
+        meta.update(prompt_tokens=tokens, prompt="".join(tokens))
     return FeatureGraph(
         node_ids=[graph.node_ids[n] for n in nodes_K.tolist()], node_attrs=attrs,
-        **_induced_edges(graph, nodes_K), weight_key=graph.weight_key, directed=graph.directed,
-        meta={**graph.meta, "kind": "prompt", "source_kind": graph.meta.get("kind"),
-              "n_active": len(active_ids), "missing": missing},
+        **_induced_edges(graph, nodes_K), weight_key=graph.weight_key, directed=graph.directed, meta=meta,
     )
 
 

@@ -27,6 +27,7 @@ from crosscoder.metrics import evaluate
 from crosscoder.sources import ModelConfig, config_record, load_inputs
 
 
+from .dashboards import write_feature_json
 from .export import write_graphml, write_json
 from .html import write_html
 from .options import SIZES, DemoConfig, GraphConfig
@@ -100,7 +101,8 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
 
     graph.meta["crosscoders"] = [record_path(out / "crosscoder" if cfg.crosscoder is None else cfg.crosscoder, out)]
     paths = {name: str(out / file) for name, file in (("crosscoder", "crosscoder"), ("html", "graph.html"), ("graphml", "graph.graphml"),
-                                                       ("json", "graph.json"), ("summary", "summary.json"))}
+                                                       ("json", "graph.json"), ("features", "features.json"),
+                                                       ("summary", "summary.json"))}
     if cfg.crosscoder is not None:
         del paths["crosscoder"]
     check_output(out, need_bytes=PAGE_BYTES + (4 * sum(p.numel() for p in cc.parameters()) if cfg.crosscoder is None else 0))
@@ -121,5 +123,6 @@ def run_demo(cfg: DemoConfig, model_cfg: ModelConfig | None = None, data_cfg: Da
         write_html(graph, tmp / "graph.html", title=f"featgraph demo: co-activation graph of {model_cfg.model}")
         write_graphml(graph, tmp / "graph.graphml")
         write_json(graph, tmp / "graph.json")
+        write_feature_json(graph, tmp / "features.json")
         (tmp / "summary.json").write_text(json.dumps(strict_json(asdict(summary)), indent=2, allow_nan=False))
     return summary

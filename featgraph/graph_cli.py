@@ -47,6 +47,7 @@ def _write_graph(graph, out: Path, title: str) -> list[str]:
 def _build(args: argparse.Namespace) -> int:
     from crosscoder.sources import load_inputs, load_multi_inputs
 
+    from .dashboards import write_feature_json
     from .pipeline import build_graph
     from .stats import save_stats
 
@@ -74,6 +75,8 @@ def _build(args: argparse.Namespace) -> int:
                        "crosscoders": [record_path(p, out) for p in args.crosscoder]})
     with atomic_dir(out) as tmp:  # graph, pages and statistics appear together, or the old folder stays
         names = _write_graph(graph, tmp, f"featgraph: {graph.meta['kind']} graph of {model_name}")
+        write_feature_json(graph, tmp / "features.json")  # Neuronpedia-style feature dashboards
+        names.append("features.json")
         save_stats(stats, tmp / "stats", meta={"layer_F": graph.meta.get("layer_F"), "hookpoints": graph.meta.get("hookpoints", []),
                                                "n_rows": int(rows.shape[0]), "active_frac": graph.meta["options"]["active_frac"]})
     print(f"{graph.meta['kind']} graph: {graph.n_nodes} nodes, {graph.n_edges} edges, {graph.meta['n_communities']} communities, "
@@ -169,7 +172,8 @@ def _prompt(args: argparse.Namespace) -> int:
     tokens = torch.tensor([[bos] + [i for i in ids if i != bos]])
     f_TF = torch.cat([c.f_nF for c in stack_feature_activations(ccs, model, tokens)])
     act = active_features(f_TF.cpu().numpy(), threshold=args.min_act)
-    pg = prompt_graph(graph, act.features.tolist(), activation=act.max_act, positions=act.positions)
+    pg = prompt_graph(graph, act.features.tolist(), activation=act.max_act, positions=act.positions,
+                      prompt_tokens=[tok.decode([i]) for i in tokens[0].tolist()])
     pg.meta["crosscoders"] = [record_path(resolve_recorded(p, graph_dir), out) for p in graph.meta["crosscoders"]]
     with atomic_dir(out) as tmp:
         _write_graph(pg, tmp, f"featgraph: features active on one prompt ({pg.n_nodes} of {len(act.features)} in the graph)")

@@ -45,8 +45,17 @@ class GraphConfig:
     """Token rows streamed into the statistics."""
     batch_size: int = 32
     """Token rows per forward pass."""
+    dashboards: bool = True
+    """Stream activation histograms and samples, and give every node a feature dashboard (density, histogram, examples
+    from several activation quantiles, logit lens)."""
+    labels: Path | None = None
+    """A CSV (id,label) or JSON file of labels that override the automatic ones (node ids, or community:N)."""
 
     def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = Path(self.labels)
+            if not self.labels.is_file():
+                raise FeatgraphError(f"--labels {self.labels} is not a file; pass a CSV (id,label) or a JSON file of labels")
         allowed = MEASURE_NAMES
         if self.measure not in allowed:
             raise FeatgraphError(f"unknown measure {self.measure!r}; choose one of {', '.join(allowed)}")

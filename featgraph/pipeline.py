@@ -28,6 +28,8 @@ from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
 from crosscoder.model_diff import model_diff, model_feature_activations
 
+from .dashboards import add_dashboards
+from .labels import add_labels, read_user_labels
 from .coactivation import add_layer_profiles, add_model_diff, add_top_contexts, coactivation_graph
 from .communities import leiden
 from .crosslayer import SPAR_ACTIVE_FRAC, stack_graph
@@ -113,7 +115,7 @@ def build_graph(
     threshold: float | np.ndarray = 0.0
     if active_frac > 0:
         threshold = active_frac * feature_max(c.f_nF for c in chunks())
-    stats = CoactivationStats(F, threshold=threshold)
+    stats = CoactivationStats(F, threshold=threshold, dashboards=cfg.dashboards, seed=seed)
     for chunk in tqdm(chunks(), total=-(-rows_NT.shape[0] // cfg.batch_size), desc="graph stats", disable=not progress, leave=False):
         stats.update(chunk.f_nF, chunk.token_index_n)
     if stack:
@@ -141,5 +143,8 @@ def build_graph(
                        "options": {"measure": cfg.measure, "top_k": cfg.top_k, "threshold": cfg.threshold,
                                    "min_cocount": cfg.min_cocount, "active_frac": active_frac,
                                    "objective": cfg.objective, "resolution": cfg.resolution, "rows": int(rows_NT.shape[0])}})
+    if cfg.dashboards:
+        add_dashboards(graph, stats, rows_NT, token_str, cc=ccs if stack else ccs[0], model=model)
+    add_labels(graph, read_user_labels(cfg.labels) if cfg.labels is not None else None)
     graph.meta = json.loads(json.dumps(graph.meta, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     return GraphResult(graph, stats)

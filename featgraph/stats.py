@@ -5,7 +5,15 @@ feature pairs that ever fire together, never with tokens × features:
 
 * per feature: active count n_i, Σ f_i, Σ f_i², max f_i, and the top-m activations with their token indices;
 * per co-active pair (symmetric): co-count C_ij = #{t : f_i(t) > θ_i and f_j(t) > θ_j} and co-moment
-  M_ij = Σ_t f_i(t) f_j(t) (exact: the product is zero wherever either feature is silent).
+  M_ij = Σ_t f_i(t) f_j(t) (exact: the product is zero wherever either feature is silent);
+* for feature dashboards (``dashboards=True``, the default): a histogram of each feature's non-zero activations over
+  fixed log-spaced bins (:func:`hist_edges`; exact counts, so they add up across chunks and ranks), and a uniform
+  random sample of ``sample`` of its non-zero activations with their token indices, kept as a *bottom-k sketch*:
+  every (token, feature) pair gets a pseudo-random key u = hash(seed, token index, feature) ∈ [0, 1) and a feature
+  keeps the ``sample`` activations with the smallest keys — a uniform sample without replacement (Cohen & Kaplan,
+  "Summarizing data using bottom-k sketches", PODC 2007) that depends only on the seed and the data, never on the
+  chunking, the device or how tokens are split over ranks, so :meth:`CoactivationStats.merge` is exact. Quantile
+  examples are drawn from it (:mod:`featgraph.dashboards`).
 
 Two accumulators, one result: on a GPU and up to ``dense_limit`` features (default 4,096: two F × F matrices of
 128 MiB at most) the pair statistics are dense matrices on the device, updated by one matmul per chunk (the GPU
@@ -22,7 +30,40 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CoactivationStats", "feature_max", "save_stats", "load_stats"]
+__all__ = ["CoactivationStats", "feature_max", "save_stats", "load_stats", "hist_edges", "sample_keys", "HIST_BINS"]
+
+HIST_LOW, HIST_DECADES, HIST_PER_DECADE = 1e-3, 7, 12
+"""Histogram bins: 12 per decade from 10⁻³ to 10⁴, with one bin below (0, 10⁻³) and one above [10⁴, ∞)."""
+HIST_BINS = HIST_DECADES * HIST_PER_DECADE + 2
+
+
+def hist_edges() -> np.ndarray:
+    """The ``HIST_BINS + 1`` edges of the activation histogram: 0, 10⁻³, 10^(−3 + 1/12), …, 10⁴, ∞ (bin b holds
+    edges[b] ≤ f < edges[b + 1])."""
+    inner = 10.0 ** (np.log10(HIST_LOW) + np.arange(HIST_DECADES * HIST_PER_DECADE + 1) / HIST_PER_DECADE)
+    return np.r_[0.0, inner, np.inf]
+
+
+def _hist_bin(vals: np.ndarray) -> np.ndarray:
+    """Bin of each positive activation in :func:`hist_edges` (vectorised; float64 log)."""
+    b = np.floor((np.log10(vals.astype(np.float64)) - np.log10(HIST_LOW)) * HIST_PER_DECADE).astype(np.int64) + 1
+    return np.clip(b, 0, HIST_BINS - 1)
+
+
+_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def sample_keys(token_index: np.ndarray, feature: np.ndarray, seed: int) -> np.ndarray:
+    """Pseudo-random keys in [0, 1), one per (token index, feature) pair: splitmix64's finaliser (Steele et al., 2014)
+    of token·φ + feature·M₂ + seed·M₁ (mod 2⁶⁴), top 53 bits. Deterministic, vectorised, independent of the order
+    in which pairs are seen."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(token_index).astype(np.uint64) * _GOLD + np.asarray(feature).astype(np.uint64) * _M2
+             + np.uint64(seed % 2**64) * _M1)
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def feature_max(chunks) -> np.ndarray:
@@ -68,13 +109,24 @@ class CoactivationStats:
         On CUDA, keep the pair statistics as dense device matrices up to this many features; sparse above.
     dense : bool or None
         Force the dense (True) or sparse (False) accumulator; None chooses by device and ``dense_limit``.
+    dashboards : bool
+        Also keep each feature's activation histogram and a random sample of its non-zero activations (for feature
+        dashboards); about (8·HIST_BINS + 24·sample) bytes per feature (1.5 KB with the defaults).
+    sample : int
+        Non-zero activations kept per feature in the random sample (the quantile examples are drawn from it).
+    seed : int
+        Seed of the sample's keys (:func:`sample_keys`): the only randomness here.
     """
 
     def __init__(
-        self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int = 4096, dense: bool | None = None
+        self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int = 4096, dense: bool | None = None,
+        dashboards: bool = True, sample: int = 32, seed: int = 0,
     ):
         F, M = n_features, top_m
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1, got {sample}")
         self.n_features, self.top_m, self.dense_limit, self.dense = F, M, dense_limit, dense
+        self.dashboards, self.sample, self.seed = dashboards, sample, seed
         self.threshold = np.asarray(threshold, dtype=np.float64)
         if self.threshold.ndim not in (0, 1) or (self.threshold.ndim == 1 and len(self.threshold) != F):
             raise ValueError(f"threshold must be a scalar or have one value per feature ({F})")
@@ -88,6 +140,15 @@ class CoactivationStats:
         self._count = None  # dense: torch (F, F) int64 on the chunks' device; sparse: scipy CSR
         self._moment = None
         self._csr: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+        # Dashboard statistics (hist_FB None and a zero-width buffer without ``dashboards``). The sample buffer holds up to 2·sample entries per
+        # feature (filled slots first); when a row would overflow it is compacted to its ``sample`` smallest keys and
+        # ``sample_kmax_F`` (the largest key kept, +inf until then) then rejects later pairs that cannot enter.
+        C = 2 * sample if dashboards else 0
+        self.hist_FB = np.zeros((F, HIST_BINS), dtype=np.int64) if dashboards else None
+        self.sample_val_FC = np.zeros((F, C), dtype=np.float32)
+        self.sample_idx_FC = np.full((F, C), -1, dtype=np.int64)
+        self.sample_fill_F = np.zeros(F, dtype=np.int64)
+        self.sample_kmax_F = np.full(F, np.inf)
 
     def __repr__(self) -> str:
         return f"CoactivationStats(n_features={self.n_features}, n_tokens={self.n_tokens}, dense={self.dense})"
@@ -107,17 +168,24 @@ class CoactivationStats:
         _check_finite_chunk(chunk_sum_F)  # before anything is added: a bad chunk leaves the statistics as they were
         thr = torch.as_tensor(self.threshold, dtype=torch.float32, device=f_nF.device)
         active_nF = f_nF > thr
+        if self.dense is None:
+            self.dense = f_nF.is_cuda and F <= self.dense_limit
+        nonzero = None  # (rows, cols, values) of the positive activations, on the host, found once per chunk
+        if self.dashboards or not self.dense:
+            rows, cols = (f_nF > 0).nonzero(as_tuple=True)
+            nonzero = (rows.cpu().numpy(), cols.cpu().numpy(), f_nF[rows, cols].cpu().numpy())
         self.count_F += active_nF.sum(0).cpu().numpy()
         self.sum_F += chunk_sum_F
         self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)
-        if self.dense is None:
-            self.dense = f_nF.is_cuda and F <= self.dense_limit
         if self.dense:
             self._update_pairs_dense(f64_nF, active_nF)
         else:
-            self._update_pairs_sparse(f_nF, active_nF)
+            self._update_pairs_sparse(nonzero, active_nF, n, self.threshold.ndim == 0 and self.threshold == 0)
+        if self.dashboards:
+            rows, cols, vals = nonzero
+            self._update_dashboards(cols, vals, token_index_n.cpu().numpy()[rows])
         self._csr = None
         self.n_tokens += n
 
@@ -138,16 +206,54 @@ class CoactivationStats:
         self._count += (b.T @ b).round().long()  # exact: float32 holds integers up to 2^24 per chunk
         self._moment += f64_nF.T @ f64_nF
 
-    def _update_pairs_sparse(self, f_nF: torch.Tensor, active_nF: torch.Tensor) -> None:
-        n, F = f_nF.shape
-        rows, cols = (f_nF > 0).nonzero(as_tuple=True)
-        vals = f_nF[rows, cols].double().cpu().numpy()
-        X = sp.csr_matrix((vals, (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, F))
-        rows, cols = (r.cpu().numpy() for r in active_nF.nonzero(as_tuple=True))
+    def _update_pairs_sparse(self, nonzero: tuple[np.ndarray, np.ndarray, np.ndarray], active_nF: torch.Tensor, n: int,
+                             active_is_nonzero: bool) -> None:
+        F = self.n_features
+        rows, cols, vals = nonzero
+        X = sp.csr_matrix((vals.astype(np.float64), (rows, cols)), shape=(n, F))
+        if not active_is_nonzero:
+            rows, cols = (r.cpu().numpy() for r in active_nF.nonzero(as_tuple=True))
         B = sp.csr_matrix((np.ones(len(rows), dtype=np.int64), (rows, cols)), shape=(n, F))
         moment, count = (X.T @ X).tocsr(), (B.T @ B).tocsr()
         self._moment = moment if self._moment is None else self._moment + moment
         self._count = count if self._count is None else self._count + count
+
+    def _update_dashboards(self, cols: np.ndarray, vals: np.ndarray, tidx: np.ndarray) -> None:
+        """Histogram and bottom-k sample of the positive activations ``vals`` of features ``cols`` at tokens ``tidx``."""
+        F, R = self.n_features, self.sample
+        self.hist_FB += np.bincount(cols * HIST_BINS + _hist_bin(vals), minlength=F * HIST_BINS).reshape(F, HIST_BINS)
+        key = sample_keys(tidx, cols, self.seed)
+        keep = key < self.sample_kmax_F[cols]  # pairs whose key cannot enter the sample are dropped first
+        cols, key, vals, tidx = cols[keep], key[keep], vals[keep], tidx[keep]
+        order = np.lexsort((key, cols))  # by feature, then key
+        cols, vals, tidx = cols[order], vals[order], tidx[order]
+        starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]]) if len(cols) else np.zeros(0, dtype=np.int64)
+        counts = np.diff(np.r_[starts, len(cols)])
+        feats = cols[starts]
+        rank = np.arange(len(cols)) - np.repeat(starts, counts)
+        sel = rank < R  # at most R new entries per feature per chunk
+        cols, vals, tidx, rank, counts = cols[sel], vals[sel], tidx[sel], rank[sel], np.minimum(counts, R)
+        full = feats[self.sample_fill_F[feats] + counts > 2 * R]
+        if len(full):
+            self._compact_sample(full)
+        slot = self.sample_fill_F[cols] + rank
+        self.sample_val_FC[cols, slot] = vals
+        self.sample_idx_FC[cols, slot] = tidx
+        self.sample_fill_F[feats] += counts
+
+    def _compact_sample(self, feats: np.ndarray) -> None:
+        """Keep only the ``sample`` smallest keys in the rows ``feats`` of the sample buffer."""
+        R = self.sample
+        idx = self.sample_idx_FC[feats]
+        key = np.where(idx >= 0, sample_keys(np.maximum(idx, 0), feats[:, None], self.seed), np.inf)
+        part = np.argpartition(key, R - 1, axis=1)[:, :R]
+        kept_key = np.take_along_axis(key, part, axis=1)
+        vals, idx = np.take_along_axis(self.sample_val_FC[feats], part, axis=1), np.take_along_axis(idx, part, axis=1)
+        self.sample_val_FC[feats] = 0.0
+        self.sample_idx_FC[feats] = -1
+        self.sample_val_FC[feats, :R], self.sample_idx_FC[feats, :R] = vals, np.where(np.isfinite(kept_key), idx, -1)
+        self.sample_fill_F[feats] = np.isfinite(kept_key).sum(1)
+        self.sample_kmax_F[feats] = np.where(self.sample_fill_F[feats] == R, kept_key.max(1), np.inf)
 
     # ---- results ---------------------------------------------------------------------------------
     def _as_csr(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -177,6 +283,20 @@ class CoactivationStats:
         """Fraction of tokens on which each feature is active."""
         return self.count_F / max(self.n_tokens, 1)
 
+    def nonzero_count(self, feature: int) -> int:
+        """How many tokens gave ``feature`` a non-zero activation (the histogram's total; needs ``dashboards``)."""
+        return int(self.hist_FB[feature].sum())
+
+    def activation_sample(self, feature: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The random sample of ``feature``'s non-zero activations: (values, token indices, keys), in key order —
+        the min(``sample``, n) pairs with the smallest keys, a uniform sample without replacement of its n non-zero
+        activations."""
+        fill = int(self.sample_fill_F[feature])
+        idx = self.sample_idx_FC[feature, :fill]
+        key = sample_keys(idx, np.full(fill, feature), self.seed)
+        order = np.argsort(key, kind="stable")[: self.sample]
+        return self.sample_val_FC[feature, :fill][order].astype(np.float64), idx[order], key[order]
+
     def pairs(self, min_cocount: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Upper-triangle pairs (i < j) with co-count ≥ ``min_cocount``: (i, j, C_ij)."""
         C = sp.triu(self.co_count, k=1).tocoo()
@@ -191,13 +311,18 @@ class CoactivationStats:
 
     # ---- combining -------------------------------------------------------------------------------
     def _check_compatible(self, other: "CoactivationStats") -> None:
-        if (other.n_features, other.top_m) != (self.n_features, self.top_m) or not np.array_equal(other.threshold, self.threshold):
-            raise ValueError("can only merge statistics with the same n_features, threshold and top_m")
+        mine = (self.n_features, self.top_m, self.dashboards, self.sample, self.seed)
+        if mine != (other.n_features, other.top_m, other.dashboards, other.sample, other.seed) or not np.array_equal(other.threshold, self.threshold):
+            raise ValueError("can only merge statistics with the same n_features, threshold, top_m, dashboards, sample and seed")
+
+    def _like(self) -> "CoactivationStats":
+        return CoactivationStats(self.n_features, self.threshold, self.top_m, dense=False, dashboards=self.dashboards,
+                                 sample=self.sample, seed=self.seed)
 
     def merge(self, other: "CoactivationStats") -> "CoactivationStats":
-        """Statistics of the union of two disjoint token sets (exact)."""
+        """Statistics of the union of two disjoint token sets (exact, the sample too)."""
         self._check_compatible(other)
-        out = CoactivationStats(self.n_features, self.threshold, self.top_m, dense=False)
+        out = self._like()
         out.n_tokens = self.n_tokens + other.n_tokens
         out.count_F = self.count_F + other.count_F
         out.sum_F, out.sumsq_F = self.sum_F + other.sum_F, self.sumsq_F + other.sumsq_F
@@ -206,7 +331,23 @@ class CoactivationStats:
             np.concatenate([self.top_val_FM, other.top_val_FM], 1), np.concatenate([self.top_idx_FM, other.top_idx_FM], 1), self.top_m
         )
         out._count, out._moment = self.co_count + other.co_count, self.co_moment + other.co_moment
+        if self.dashboards:
+            out.hist_FB = self.hist_FB + other.hist_FB
+            out._merge_samples(self, other)
         return out
+
+    def _merge_samples(self, a: "CoactivationStats", b: "CoactivationStats") -> None:
+        """This sample := the bottom-k of the union of ``a``'s and ``b``'s samples (both compacted first)."""
+        R, F = self.sample, self.n_features
+        val, idx = np.concatenate([a.sample_val_FC, b.sample_val_FC], 1), np.concatenate([a.sample_idx_FC, b.sample_idx_FC], 1)
+        key = np.where(idx >= 0, sample_keys(np.maximum(idx, 0), np.arange(F)[:, None], self.seed), np.inf)
+        part = np.argpartition(key, R - 1, axis=1)[:, :R]
+        kept = np.take_along_axis(key, part, axis=1)
+        ok = np.isfinite(kept)
+        self.sample_val_FC[:, :R] = np.where(ok, np.take_along_axis(val, part, axis=1), 0.0)
+        self.sample_idx_FC[:, :R] = np.where(ok, np.take_along_axis(idx, part, axis=1), -1)
+        self.sample_fill_F = ok.sum(1)
+        self.sample_kmax_F = np.where(self.sample_fill_F == R, np.where(ok, kept, -np.inf).max(1), np.inf)
 
     def all_reduce(self) -> "CoactivationStats":
         """Combine the statistics of every rank of the default process group; every rank gets the total.
@@ -262,9 +403,22 @@ def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
         "m_cols": _all_gather_1d(torch.from_numpy(M.col.astype(np.int64))),
         "moments": _all_gather_1d(torch.from_numpy(M.data.astype(np.float64))),
     }
+    if s.dashboards:
+        fields.update({
+            "hist": _all_gather_1d(torch.from_numpy(s.hist_FB.ravel())),
+            "sample_val": _all_gather_1d(torch.from_numpy(s.sample_val_FC.ravel())),
+            "sample_idx": _all_gather_1d(torch.from_numpy(s.sample_idx_FC.ravel())),
+            "sample_fill": _all_gather_1d(torch.from_numpy(s.sample_fill_F)),
+            "sample_kmax": _all_gather_1d(torch.from_numpy(s.sample_kmax_F)),
+        })
     parts = []
     for r in range(len(fields["n_tokens"])):
-        p = CoactivationStats(F, s.threshold, s.top_m, dense=False)
+        p = s._like()
+        if s.dashboards:
+            p.hist_FB = fields["hist"][r].numpy().reshape(F, HIST_BINS)
+            p.sample_val_FC = fields["sample_val"][r].numpy().reshape(F, -1)
+            p.sample_idx_FC = fields["sample_idx"][r].numpy().reshape(F, -1)
+            p.sample_fill_F, p.sample_kmax_F = fields["sample_fill"][r].numpy(), fields["sample_kmax"][r].numpy()
         pf = fields["per_feature"][r].numpy()
         p.count_F = pf[:F].astype(np.int64)
         p.sum_F, p.sumsq_F, p.max_F = pf[F : 2 * F], pf[2 * F : 3 * F], pf[3 * F : 4 * F]
@@ -294,12 +448,16 @@ def save_stats(stats: CoactivationStats, folder, meta: dict | None = None) -> No
         "c_row": C.row.astype(np.int64), "c_col": C.col.astype(np.int64), "c_val": C.data.astype(np.int64),
         "m_row": M.row.astype(np.int64), "m_col": M.col.astype(np.int64), "m_val": M.data.astype(np.float64),
     }
+    if stats.dashboards:
+        arrays.update({"hist_FB": stats.hist_FB, "sample_val_FC": stats.sample_val_FC, "sample_idx_FC": stats.sample_idx_FC,
+                       "sample_fill_F": stats.sample_fill_F, "sample_kmax_F": stats.sample_kmax_F})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / "stats.safetensors") as tmp:
         save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp))
     info = {"n_features": stats.n_features, "top_m": stats.top_m, "n_tokens": stats.n_tokens,
-            "scalar_threshold": stats.threshold.ndim == 0, **(meta or {})}
+            "scalar_threshold": stats.threshold.ndim == 0, "dashboards": stats.dashboards, "sample": stats.sample,
+            "seed": stats.seed, **(meta or {})}
     with atomic_file(folder / "stats.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2))
 
@@ -320,11 +478,15 @@ def load_stats(folder) -> tuple[CoactivationStats, dict]:
     a = {k: v.numpy() for k, v in load_file(str(folder / "stats.safetensors")).items()}
     F = info["n_features"]
     thr = a["threshold"][0] if info["scalar_threshold"] else a["threshold"]
-    s = CoactivationStats(F, thr, info["top_m"], dense=False)
+    dashboards = bool(info.get("dashboards")) and "hist_FB" in a  # statistics saved before dashboards have none
+    s = CoactivationStats(F, thr, info["top_m"], dense=False, dashboards=dashboards, sample=info.get("sample", 32), seed=info.get("seed", 0))
+    if dashboards:
+        s.hist_FB, s.sample_val_FC, s.sample_idx_FC = a["hist_FB"], a["sample_val_FC"], a["sample_idx_FC"]
+        s.sample_fill_F, s.sample_kmax_F = a["sample_fill_F"], a["sample_kmax_F"]
     s.n_tokens = info["n_tokens"]
     s.count_F, s.sum_F, s.sumsq_F, s.max_F = a["count_F"], a["sum_F"], a["sumsq_F"], a["max_F"]
     s.top_val_FM, s.top_idx_FM = a["top_val_FM"], a["top_idx_FM"]
     s._count = sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F))
     s._moment = sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F))
-    extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold")}
+    extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold", "dashboards", "sample", "seed")}
     return s, extra

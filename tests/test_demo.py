@@ -34,7 +34,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     for word in ("val loss", "FVU pooled", "L0", "dead", "nodes", "edges", "communities", "modularity", "graph.html"):
         assert word in printed
     files = sorted(p.name for p in out.iterdir())
-    assert files == [".featgraph", "crosscoder", "graph.graphml", "graph.html", "graph.json", "summary.json"]  # .featgraph: a rerun may replace it
+    assert files == [".featgraph", "crosscoder", "features.json", "graph.graphml", "graph.html", "graph.json", "summary.json"]  # .featgraph: a rerun may replace it
     summary = json.loads((out / "summary.json").read_text())
     g = read_json(out / "graph.json")
     assert g.n_nodes == summary["n_nodes"] > 0 and g.n_edges == summary["n_edges"] > 0
