@@ -109,6 +109,17 @@ class FeatureGraph:
             g.es[k] = [_py(v) for v in col]
         return g
 
+    def to_pyvis(self, height: str = "800px", width: str = "100%", notebook: bool = False, max_nodes: int | None = None):
+        """A pyvis ``Network`` drawn as featgraph's page draws this graph (positions, colours, sizes, labels,
+        tooltips; physics off; vis-network inlined, so it renders offline): see :func:`featgraph.html.pyvis_network`.
+
+        >>> net = graph.to_pyvis()            # doctest: +SKIP
+        >>> net.write_html("graph.html")      # doctest: +SKIP
+        """
+        from .html import pyvis_network  # the page module builds on this one (and pyvis loads only when asked)
+
+        return pyvis_network(self, height=height, width=width, notebook=notebook, max_nodes=max_nodes)
+
     @classmethod
     def from_networkx(cls, g, weight_key: str = "weight") -> "FeatureGraph":
         node_ids = [str(n) for n in g.nodes]

@@ -24,12 +24,13 @@ headless checks: ``data-ready``, ``data-nodes-drawn``, ``data-edges-drawn`` (aft
 
 from __future__ import annotations
 
-import colorsys
+import gc
 import os
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -37,14 +38,20 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_file
 
 from .graph import FeatureGraph, _py
+from .layout import (BOX, LAYOUT_MODES, UNASSIGNED, _community_ids, add_layout, community_layout, community_palette, layer_layout,
+                     node_colors)
 
-__all__ = ["DEFAULT_MAX_NODES", "NodeSample", "community_colors", "diverging_colors", "layout_positions", "sample_nodes",
-           "write_diff_html", "write_html"]
+__all__ = ["DEFAULT_MAX_NODES", "RENDERERS", "WEBGL_MAX_NODES", "NodeSample", "community_colors", "diverging_colors", "layout_positions", "pyvis_network",
+           "sample_nodes", "write_diff_html", "write_html"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_MAX_NODES = 5000
-"""Pages show at most this many features. vis-network draws ~5,000 nodes (and their edges) without physics in
-about a second in a browser and the page stays near 5–10 MB; far beyond that panning becomes sluggish."""
+"""vis-network pages show at most this many features: vis-network draws ~5,000 nodes (and their edges) without
+physics in about a second in a browser and the page stays near 5–10 MB; far beyond that panning becomes sluggish.
+Larger graphs get the WebGL renderer (all nodes) unless a page asks for vis-network, which then samples."""
+WEBGL_MAX_NODES = 200_000
+"""WebGL pages show at most this many features (sampled above, as vis-network pages are above DEFAULT_MAX_NODES)."""
+RENDERERS = ("auto", "vis", "webgl")
 
 DIVERGING_STOPS = ("#2166ac", "#bdbdbd", "#b2182b")
 """Blue (low) – grey (middle) – red (high), from ColorBrewer's RdBu end points; grey marks "neither"."""
@@ -57,13 +64,8 @@ values that split the legend's counts (rel_norm: shared if 0.3 < r < 0.7, as in 
 
 # ---- colours and layout --------------------------------------------------------------------------------------------
 def community_colors(n: int) -> list[str]:
-    """``n`` distinguishable colours (golden-ratio hues), the same for the same ``n``."""
-    out = []
-    for k in range(n):
-        h = (0.61803398875 * k) % 1.0
-        r, g, b = colorsys.hls_to_rgb(h, 0.5, 0.65)
-        out.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
-    return out
+    """``n`` distinguishable colours, the most distinct first (:func:`featgraph.layout.community_palette`)."""
+    return community_palette(n)
 
 
 def _hex_rgb(c: str) -> np.ndarray:
@@ -85,24 +87,28 @@ def diverging_colors(t: np.ndarray, stops: tuple[str, str, str] = DIVERGING_STOP
     return [missing if np.isnan(v) else f"#{r:02x}{g:02x}{b:02x}" for v, (r, g, b) in zip(t, rgb)]
 
 
-def layout_positions(graph: FeatureGraph, community: np.ndarray, gap: float = 22.0) -> np.ndarray:
-    """(n, 2) positions: one block per peak layer, left to right; inside a block, nodes fill a grid row by row,
-    sorted by community then frequency, so each community is a band."""
-    if "x" in graph.node_attrs and "y" in graph.node_attrs:  # laid out already (e.g. a per-prompt graph)
-        return np.c_[np.asarray(graph.node_attrs["x"], float) * 15 * gap, np.asarray(graph.node_attrs["y"], float) * 2 * gap]
-    layer = np.asarray(graph.node_attrs.get("layer", graph.node_attrs.get("peak_layer", [0] * graph.n_nodes)))
-    freq = np.asarray(graph.node_attrs.get("frequency", [0.0] * graph.n_nodes))
-    layers, sizes = np.unique(layer, return_counts=True)
-    n_cols = {lay: max(1, int(np.ceil(np.sqrt(n) / 1.5))) for lay, n in zip(layers, sizes)}
-    block = (max(n_cols.values(), default=1) + 4) * gap
-    pos = np.zeros((graph.n_nodes, 2))
-    for lay in layers:
-        idx = np.flatnonzero(layer == lay)
-        idx = idx[np.lexsort((-freq[idx], community[idx]))]
-        k = np.arange(len(idx))
-        pos[idx, 0] = lay * block + (k % n_cols[lay]) * gap
-        pos[idx, 1] = (k // n_cols[lay] - len(idx) / n_cols[lay] / 2) * gap
-    return pos
+def layout_positions(graph: FeatureGraph, community: np.ndarray | None = None, gap: float = 22.0) -> np.ndarray:
+    """(n, 2) positions: the graph's own ``x``, ``y`` when :func:`featgraph.layout.add_layout` set them (meta
+    ``layout``), else the layer view (:func:`featgraph.layout.layer_layout`: x by peak hookpoint, communities in
+    bands; a per-prompt graph by layer and activation). ``community`` is read from the graph (kept for callers)."""
+    if _has_layout(graph):
+        return np.c_[np.asarray(graph.node_attrs["x"], float), np.asarray(graph.node_attrs["y"], float)]
+    return layer_layout(graph, gap)
+
+
+def _has_layout(graph: FeatureGraph) -> bool:
+    return graph.meta.get("layout") in LAYOUT_MODES and "x" in graph.node_attrs and "y" in graph.node_attrs
+
+
+def _with_layout(graph: FeatureGraph, mode: str | None) -> FeatureGraph:
+    """``graph`` itself when it is laid out in ``mode`` (any mode for None), else a copy laid out by
+    :func:`featgraph.layout.add_layout` (seed from ``meta["seed"]``); the caller's graph is never changed."""
+    if _has_layout(graph) and mode in (None, graph.meta["layout"]):
+        return graph
+    copy = FeatureGraph(list(graph.node_ids), dict(graph.node_attrs), graph.edge_src, graph.edge_dst, dict(graph.edge_attrs),
+                        weight_key=graph.weight_key, directed=graph.directed, meta=dict(graph.meta), multigraph=graph.multigraph)
+    seed = graph.meta.get("seed", 0)
+    return add_layout(copy, seed=seed if isinstance(seed, int) else 0, mode=mode)
 
 
 # ---- large graphs --------------------------------------------------------------------------------------------------
@@ -194,6 +200,25 @@ def _vis_assets() -> tuple[str, str]:
     return js, css
 
 
+VENDOR = {"graphology-0.26.0.umd.min.js": "LICENSE-graphology.txt", "sigma-3.0.3.min.js": "LICENSE-sigma.txt"}
+"""The WebGL renderer's libraries under templates/vendor (from the npm registry: ``npm pack sigma@3.0.3
+graphology@0.26.0``, the packages' own UMD bundles) and their licences (MIT), inlined into each WebGL page."""
+
+
+@lru_cache(maxsize=1)
+def _webgl_assets() -> str:
+    """graphology, sigma.js (each after its licence, as a comment) and featgraph's webgl.js, as one script."""
+    parts = []
+    for lib, licence in VENDOR.items():
+        text = (TEMPLATE_DIR / "vendor" / licence).read_text(encoding="utf-8").replace("*/", "* /")
+        parts.append(f"/*! {lib}\n{text}*/\n" + (TEMPLATE_DIR / "vendor" / lib).read_text(encoding="utf-8"))
+    parts.append((TEMPLATE_DIR / "webgl.js").read_text(encoding="utf-8"))
+    js = "\n;\n".join(parts)
+    if re.search(r"</script", js, re.I):
+        raise RuntimeError("the WebGL renderer's scripts contain a closing tag and cannot be inlined")
+    return js
+
+
 @lru_cache(maxsize=1)
 def _env():
     from jinja2 import Environment, FileSystemLoader
@@ -204,8 +229,12 @@ def _env():
 def _render(template: str, path: str | os.PathLike, **context: Any) -> Path:
     from markupsafe import Markup
 
-    js, css = _vis_assets()
-    html = _env().get_template(template).render(vis_js=Markup(js), vis_css=Markup(css), **context)
+    if template.endswith("_webgl.html"):
+        libs = {"webgl_js": Markup(_webgl_assets())}
+    else:
+        js, css = _vis_assets()
+        libs = {"vis_js": Markup(js), "vis_css": Markup(css)}
+    html = _env().get_template(template).render(**libs, **context)
     with atomic_file(path) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return Path(path)
@@ -216,27 +245,173 @@ def _column(graph: FeatureGraph, name: str, default: Any) -> list:
 
 
 def _tooltip(node: dict) -> str:
-    lines = [f"{node['id']}  community {node.get('community', '?')}", f"frequency {node.get('frequency', 0):.2e}"]
+    """vis-network's hover text (plain text: vis shows it with innerText)."""
+    comm = node.get("community")
+    lines = [f"{node['id']}  community {'?' if comm is None else comm}", f"frequency {_num(node.get('frequency')):.2e}"]
     if node.get("label"):
         lines.insert(1, str(node["label"]))
     if "peak_hookpoint" in node:
         lines.append(f"peak {node['peak_hookpoint']}")
     if node.get("layer_profile"):
-        lines.append("layer profile " + " ".join(f"{v:.2f}" for v in node["layer_profile"]))
-    for c in node.get("top_contexts", [])[:2]:
-        lines.append(f"…{c['left']}[{c['token']}]{c['right']}")
+        lines.append("layer profile " + " ".join(f"{_num(v):.2f}" for v in node["layer_profile"]))
+    for c in (node.get("top_contexts") or [])[:2]:
+        if isinstance(c, dict):
+            lines.append(f"…{c.get('left', '')}[{c.get('token', '')}]{c.get('right', '')}")
     return "\n".join(lines)
 
 
+def _num(v: Any, default: float = 0.0) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x if np.isfinite(x) else default
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-ready copy: numpy scalars and arrays as Python values, tuples as lists, non-finite floats as None."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+DASHBOARD_KEYS = ("density", "act_histogram", "quantile_examples", "top_logits", "bottom_logits")
+"""Optional per-feature dashboard data (issue 14 contract), passed to the panel as they are when present."""
+
+
 def _node_info(node: dict, hookpoints: list) -> dict:
-    """What the click panel shows for one node (plain JSON values)."""
-    return {
-        "label": str(node.get("label") or ""), "community": _py(node.get("community", 0)),
-        "frequency": float(node.get("frequency") or 0.0), "max_act": float(node.get("max_act") or 0.0),
+    """What the click panel shows for one node (plain JSON values); dashboard fields only where the node has them."""
+    comm = node.get("community")
+    info = {
+        "label": str(node.get("label") or ""), "community": _py(comm) if comm is not None else None,
+        "frequency": _num(node.get("frequency")), "max_act": _num(node.get("max_act")),
         "peak_hookpoint": str(node.get("peak_hookpoint", "")), "hookpoints": hookpoints,
-        "layer_profile": [float(v) for v in node.get("layer_profile") or [0.0] * len(hookpoints)],
-        "top_contexts": node.get("top_contexts") or [],
+        "layer_profile": [_num(v) for v in node.get("layer_profile") or [0.0] * len(hookpoints)],
+        "top_contexts": _plain(node.get("top_contexts") or []),
     }
+    for key in DASHBOARD_KEYS:
+        if node.get(key) is not None:
+            info[key] = _plain(node[key])
+    if node.get("side_label") is not None:
+        info["side_label"] = str(node["side_label"])
+    return info
+
+
+def _neighbours(g: FeatureGraph, k: int = 8) -> list[list[dict]]:
+    """Per node, its ``k`` strongest neighbours on the page (by |weight|), each ``{id, w, dir, m}`` with ``m`` every
+    numeric (and string) edge attribute of that edge, rounded to 4 significant digits."""
+    out: list[list[dict]] = [[] for _ in range(g.n_nodes)]
+    if not g.n_edges:
+        return out
+    w = np.abs(np.nan_to_num(g.weights))
+    node = np.r_[g.edge_src, g.edge_dst]
+    other = np.r_[g.edge_dst, g.edge_src]
+    edge = np.r_[np.arange(g.n_edges), np.arange(g.n_edges)]
+    way = np.r_[np.ones(g.n_edges, dtype=np.int8), -np.ones(g.n_edges, dtype=np.int8)]  # 1: node → other
+    order = np.lexsort((edge, -np.r_[w, w], node))
+    starts = np.searchsorted(node[order], np.arange(g.n_nodes))
+    rank = np.arange(len(order)) - starts[node[order]]
+    chosen = order[rank < k]
+    e_chosen = edge[chosen]
+    cols = {}
+    for name, col in g.edge_attrs.items():
+        arr = np.asarray(col)[e_chosen]
+        if arr.dtype.kind in "fiub":
+            cols[name] = [None if v != v or v in (np.inf, -np.inf) else v for v in _round_sig(arr.astype(np.float64)).tolist()]
+        elif arr.dtype.kind in "OUS":
+            cols[name] = [v if isinstance(v, str) else _plain(v) for v in arr.tolist()]
+    names = list(cols)
+    for k, (c, o) in enumerate(zip(node[chosen].tolist(), other[chosen].tolist())):
+        entry = {"id": g.node_ids[o], "m": {name: cols[name][k] for name in names}}
+        if g.directed:
+            entry["dir"] = "out" if way[chosen[k]] > 0 else "in"
+        out[c].append(entry)
+    return out
+
+
+def _round_sig(x: np.ndarray, digits: int = 4) -> np.ndarray:
+    """``x`` rounded to ``digits`` significant digits (NaN, ±inf and 0 kept)."""
+    finite = np.isfinite(x) & (x != 0)
+    mag = np.zeros_like(x)
+    mag[finite] = np.floor(np.log10(np.abs(x[finite])))
+    scale = 10.0 ** (digits - 1 - mag)
+    return np.where(finite, np.round(x * scale) / scale, x)
+
+
+def _communities(full: FeatureGraph, shown: FeatureGraph, colors: dict[int, str]) -> list[dict]:
+    """One entry per community: id, label (meta ``community_labels``), size in the whole graph, how many are on the
+    page, colour; largest first."""
+    labels = full.meta.get("community_labels") or {}
+    comm_all = _community_ids(full)
+    sizes = np.bincount(comm_all[comm_all >= 0]) if (comm_all >= 0).any() else np.zeros(0, dtype=np.int64)
+    comm_shown = _community_ids(shown)
+    shown_n = np.bincount(comm_shown[comm_shown >= 0], minlength=len(sizes)) if len(sizes) else sizes
+    out = []
+    for c in np.argsort(-sizes, kind="stable").tolist():
+        if sizes[c] == 0:
+            continue
+        label = labels.get(str(c)) if isinstance(labels, dict) else None
+        out.append({"id": c, "label": "" if label is None else str(label), "size": int(sizes[c]), "shown": int(shown_n[c]),
+                    "color": colors.get(c, UNASSIGNED)})
+    return out
+
+
+def _page_positions(pos: np.ndarray) -> np.ndarray:
+    """Page coordinates: a layout centred and scaled so its longer side spans [-BOX, BOX] (both layouts of a page
+    then share one scale, and node sizes can be set in those units)."""
+    if not len(pos):
+        return pos
+    lo, hi = pos.min(0), pos.max(0)
+    half = float((hi - lo).max()) / 2
+    return (pos - (lo + hi) / 2) * (BOX / half) if half > 0 else pos - (lo + hi) / 2
+
+
+def _alternative(g: FeatureGraph, mode: str) -> tuple[str, np.ndarray]:
+    """The other layout of the shown nodes, for the page's layout switch."""
+    if mode == "community":
+        return "layers", layer_layout(g)
+    seed = g.meta.get("seed", 0)
+    return "community", community_layout(g, seed=seed if isinstance(seed, int) else 0)
+
+
+def _spacing(pos: np.ndarray) -> float:
+    """The median distance from a node to its nearest neighbour (page units): how much room a node has."""
+    if len(pos) < 2:
+        return BOX
+    from scipy.spatial import cKDTree
+
+    d = cKDTree(pos).query(pos, k=2)[0][:, 1]
+    d = d[d > 0]
+    return float(np.median(d)) if len(d) else BOX
+
+
+def _scaling(spacing: float) -> dict:
+    """vis-network's node scaling for nodes ``spacing`` apart (median nearest-neighbour distance): the largest
+    node's radius is 0.8 of it, the smallest 0.25, so only large neighbours overlap however many nodes a page has
+    (and at most BOX/11 however few)."""
+    room = min(spacing, BOX / 9)
+    return {"min": round(0.25 * room, 2), "max": round(0.8 * room, 2)}
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a page's tens of thousands of small dicts are built (each collection
+    walks every object of the process: a full one in the middle cost as much as the whole page); restored after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _sizes(freq: np.ndarray) -> np.ndarray:
@@ -285,65 +460,260 @@ def write_html(
     graph: FeatureGraph,
     path: str | os.PathLike,
     title: str = "feature graph",
-    physics_max_nodes: int = 300,
+    physics_max_nodes: int = 0,
     color_by: str | None = None,
-    max_nodes: int = DEFAULT_MAX_NODES,
+    max_nodes: int | None = None,
+    layout: str | None = None,
+    renderer: str = "auto",
 ) -> Path:
     """Write ``graph`` as one self-contained HTML page; returns the path.
+
+    Nodes sit where the graph's layout puts them (node ``x``, ``y`` from :func:`featgraph.layout.add_layout`;
+    computed on a copy when missing), coloured by community (node ``color``), sized by frequency and labelled with
+    their ``label`` (else id; drawn once large enough on screen). Edges inside a community take its colour,
+    edges between communities are faint. The side panel has a legend of the communities (label and size; click
+    to focus one), a layout switch (communities / layers), a search over ids, labels and tokens, and each
+    feature's dashboard: label, community, layer profile, density and activation histogram, top and quantile
+    examples, promoted and suppressed tokens, strongest neighbours with their edge measures. Selecting a feature
+    (click, search, or a ``#<id>`` link) centres on it and dims all but it and its neighbours;
+    ``#community=<n>`` fits the view to community n.
 
     Parameters
     ----------
     graph : FeatureGraph
-        Node attributes used when present: ``community``, ``frequency``, ``label``, ``peak_layer`` (or ``layer``),
-        ``peak_hookpoint``, ``layer_profile``, ``top_contexts``, ``max_act``.
+        Node attributes used when present: ``community``, ``frequency``, ``label``, ``x``, ``y``, ``color``,
+        ``peak_layer`` (or ``layer``), ``peak_hookpoint``, ``layer_profile``, ``top_contexts``, ``max_act``,
+        ``density``, ``act_histogram``, ``quantile_examples``, ``top_logits``, ``bottom_logits``; meta
+        ``community_labels``, ``layout``, ``hookpoints``.
     title : str
         Page title (shown as text).
     physics_max_nodes : int
-        Force-directed physics runs only up to this many shown nodes (the precomputed layout is kept above).
+        Force-directed physics (vis-network's) runs up to this many shown nodes; default 0: never, the layout is
+        computed in Python.
     color_by : str, optional
         A numeric node attribute to colour by on a diverging blue–grey–red scale, e.g. ``rel_norm``
         (‖d_B‖/(‖d_A‖+‖d_B‖) of a two-model crosscoder: 0 only model A, 0.5 shared, 1 only model B); the
         legend then shows the scale instead of the communities. Missing values (None) are drawn near-white.
-    max_nodes : int
-        Above this many nodes the page shows a stratified sample (:func:`sample_nodes`) and says so.
+    max_nodes : int, optional
+        Above this many nodes the page shows a stratified sample (:func:`sample_nodes`) and says so; None: every
+        node with WebGL (up to :data:`WEBGL_MAX_NODES`), :data:`DEFAULT_MAX_NODES` with vis-network.
+    layout : {"community", "layers"}, optional
+        The layout the page opens with; None: the graph's own (``meta["layout"]``), else
+        :func:`featgraph.layout.default_mode`.
+    renderer : {"auto", "vis", "webgl"}
+        "vis": vis-network (canvas; tooltips; fine up to a few thousand nodes); "webgl": sigma.js 3 over
+        graphology (WebGL; a 20,000-node, 200,000-edge graph draws in a few seconds); "auto": vis-network up to
+        :data:`DEFAULT_MAX_NODES` shown nodes, WebGL above.
     """
+    if layout is not None and layout not in LAYOUT_MODES:
+        raise FeatgraphError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_MODES)}")
+    if renderer not in RENDERERS:
+        raise FeatgraphError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
     n_all = graph.n_nodes
+    if renderer == "auto":
+        renderer = "vis" if min(n_all, max_nodes or n_all) <= DEFAULT_MAX_NODES else "webgl"
+    if max_nodes is None:
+        max_nodes = DEFAULT_MAX_NODES if renderer == "vis" else WEBGL_MAX_NODES
+    graph = _with_layout(graph, layout)
+    mode = graph.meta["layout"]
     sample = sample_nodes(graph, max_nodes)
     if color_by is not None:
         values, colors_all, legend = _color_by(graph, color_by)
-        values, node_colors = values[sample.keep], [colors_all[i] for i in sample.keep.tolist()]
+        values, shown_colors = values[sample.keep], [colors_all[i] for i in sample.keep.tolist()]
     g = _induced(graph, sample.keep)
-    community = np.asarray(_column(g, "community", 0), dtype=np.int64)
+    community = _community_ids(g)
+    comm_colors = _community_colors(graph)  # from the whole graph: a community keeps its colour when sampled
     if color_by is None:
-        palette = community_colors(int(community.max()) + 1 if g.n_nodes else 0)
-        node_colors, legend = [palette[c] for c in community.tolist()], {"kind": "communities"}
-    size = _sizes(np.asarray(_column(g, "frequency", 0.0), dtype=np.float64))
-    pos = layout_positions(g, community)
-    hookpoints = list(g.meta.get("hookpoints", []))
-    nodes = []
-    for i in range(g.n_nodes):
-        node = g.node(i)
-        label = str(node.get("label") or node["id"])
-        info = _node_info(node, hookpoints)
-        if color_by is not None:
-            info["color_value"] = None if np.isnan(values[i]) else float(values[i])
-        nodes.append({"id": node["id"], "label": label, "title": _tooltip(node), "group": int(community[i]),
-                      "color": node_colors[i], "size": float(size[i]), "x": float(pos[i, 0]), "y": float(pos[i, 1]),
-                      "info": info})
-    w = g.weights if g.n_edges else np.zeros(0)
-    src, dst = [g.node_ids[k] for k in g.edge_src.tolist()], [g.node_ids[k] for k in g.edge_dst.tolist()]
-    edges = [{"from": s, "to": d, "value": float(x), "title": f"{g.weight_key} {x:.3f}"} for s, d, x in zip(src, dst, w.tolist())]
+        shown_colors, legend = [comm_colors.get(c, UNASSIGNED) for c in community.tolist()], {"kind": "communities"}
+    freq = np.asarray([_num(v) for v in _column(g, "frequency", 0.0)])
+    value = np.sqrt(freq / freq.max()) if len(freq) and freq.max() > 0 else np.full(len(freq), 0.5)
+    pos = _page_positions(np.c_[[_num(v) for v in g.node_attrs["x"]], [_num(v) for v in g.node_attrs["y"]]])
+    alt_mode, alt = _alternative(g, mode)
+    alt = _page_positions(alt)
+    spacing = _spacing(pos)
+    edge_note = f"; {g.n_edges:,} of {graph.n_edges:,} edges (those among them)" if sample.note else ""
+    common = dict(heading=title, legend=legend, note=sample.note + edge_note, n_total=n_all,
+                  communities=_communities(graph, g, comm_colors), layouts={"current": mode, "alt": alt_mode},
+                  focus_scale=round(40.0 / min(spacing, BOX / 9), 4))
+    if renderer == "webgl":
+        with _gc_paused():
+            nodes = _node_records(g, pos, alt, value, shown_colors, values if color_by is not None else None, webgl=True)
+            columns = _edge_columns(g)
+        options = {"directed": bool(g.directed), "inside_alpha": 0.35, "between_alpha": 0.06,
+                   "label_threshold": 7 if g.n_nodes > 2000 else 4}
+        n_drawn = len(columns["drawn"])
+        if n_drawn < g.n_edges:
+            common["note"] = (common["note"] + "; " if common["note"] else "") + (
+                f"drawing the {n_drawn:,} strongest of {g.n_edges:,} edges (each feature's strongest among them); "
+                "a selected feature shows all of its edges")
+        return _render("feature_graph_webgl.html", path, nodes=nodes, edge_columns=columns, options=options, **common)
+    with _gc_paused():
+        nodes = _node_records(g, pos, alt, value, shown_colors, values if color_by is not None else None)
+        edges = _edge_records(g, comm_colors)
     options = {
         "physics": {"enabled": g.n_nodes <= physics_max_nodes, "stabilization": {"iterations": 150}, "barnesHut": {"springLength": 120}},
-        "nodes": {"shape": "dot", "font": {"size": 10}},
-        "edges": {"smooth": False, "color": {"color": "#9e9e9e", "opacity": 0.5}, "scaling": {"min": 0.5, "max": 4},
+        "nodes": {"shape": "dot", "scaling": _scaling(spacing)},  # labels ("name") are drawn by the page, see feature_graph.html
+        "edges": {"smooth": False, "color": {"inherit": False}, "scaling": {"min": 0.5, "max": 4},
                   "arrows": {"to": {"enabled": bool(g.directed), "scaleFactor": 0.4}}},
         "interaction": {"hover": True, "tooltipDelay": 120, "hideEdgesOnDrag": g.n_edges > 5000},
         "layout": {"improvedLayout": False},
     }
-    edge_note = f"; {g.n_edges:,} of {graph.n_edges:,} edges (those among them)" if sample.note else ""
-    return _render("feature_graph.html", path, heading=title, nodes=nodes, edges=edges, options=options, legend=legend,
-                   note=sample.note + edge_note, n_total=n_all)
+    return _render("feature_graph.html", path, nodes=nodes, edges=edges, options=options, **common)
+
+
+def _node_records(g: FeatureGraph, pos: np.ndarray, alt: np.ndarray, value: np.ndarray, colors: list[str],
+                  color_values: np.ndarray | None, webgl: bool = False) -> list[dict]:
+    """Node records: position (and the other layout's), colour, size value, name and the panel's data (``info``);
+    for vis-network also the tooltip and the strongest neighbours (a WebGL page reads those from its graph on
+    demand, and gets a size in screen pixels)."""
+    community = _community_ids(g)
+    neighbours = None if webgl else _neighbours(g)
+    hookpoints = [str(h) for h in g.meta.get("hookpoints", [])]
+    nodes = []
+    for i in range(g.n_nodes):
+        node = g.node(i)
+        info = _node_info(node, hookpoints)
+        if color_values is not None:
+            info["color_value"] = None if np.isnan(color_values[i]) else float(color_values[i])
+        rec = {"id": node["id"], "name": str(node.get("label") or node["id"]), "community": int(community[i]),
+               "color": colors[i], "value": round(float(value[i]), 4), "x": round(float(pos[i, 0]), 2),
+               "y": round(float(pos[i, 1]), 2), "alt": [round(float(alt[i, 0]), 2), round(float(alt[i, 1]), 2)], "info": info}
+        if webgl:
+            rec["size"] = round(1.5 + 6.0 * float(value[i]), 2)
+        else:
+            info["neighbours"] = neighbours[i]
+            rec["title"] = _tooltip(node)
+        nodes.append(rec)
+    return nodes
+
+
+def _edge_columns(g: FeatureGraph) -> dict:
+    """Edges as columns for the WebGL page: ends (node positions), weight, and every numeric edge attribute
+    rounded to 4 significant digits (the panel's measures); non-finite values as None."""
+    def clean(a: np.ndarray) -> list:
+        a = _round_sig(np.asarray(a, dtype=np.float64))
+        return [None if v != v or v in (np.inf, -np.inf) else v for v in a.tolist()]
+
+    measures = {name: clean(col) for name, col in g.edge_attrs.items() if np.asarray(col).dtype.kind in "fiub"}
+    w = np.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0) if g.n_edges else np.zeros(0)
+    return {"src": g.edge_src.tolist(), "dst": g.edge_dst.tolist(), "w": _round_sig(w).tolist(), "measures": measures,
+            "drawn": drawn_edges(g).tolist()}
+
+
+WEBGL_DRAWN_EDGES = 30_000
+"""Edges a WebGL page draws at most (headless Chromium's software WebGL draws ~50,000 lines a second; a GPU far
+more): see :func:`drawn_edges`."""
+
+
+def drawn_edges(g: FeatureGraph, limit: int = WEBGL_DRAWN_EDGES) -> np.ndarray:
+    """Indices (ascending) of the edges a WebGL page draws: all of them up to ``limit``; above, each node's
+    strongest edge (by |weight|; so no node with edges looks isolated), then the strongest of the rest, ``limit``
+    in all (more only when the nodes' own strongest edges are more). The rest are in the page for the panel and
+    are drawn with their feature when it is selected."""
+    if g.n_edges <= limit:
+        return np.arange(g.n_edges)
+    w = np.abs(np.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0))
+    order = np.lexsort((np.arange(g.n_edges), -w))  # strongest first, ties by index
+    node = np.r_[g.edge_src[order], g.edge_dst[order]]  # each end of each edge, in that order
+    edge = np.r_[order, order]
+    rank = np.r_[np.arange(g.n_edges), np.arange(g.n_edges)]
+    by_node = np.lexsort((rank, node))
+    first = by_node[np.r_[True, node[by_node][1:] != node[by_node][:-1]]]  # each node's strongest edge
+    keep = np.zeros(g.n_edges, dtype=bool)
+    keep[edge[first]] = True
+    room = max(0, limit - int(keep.sum()))
+    keep[order[~keep[order]][:room]] = True
+    return np.flatnonzero(keep)
+
+
+def _edge_records(g: FeatureGraph, comm_colors: dict[int, str]) -> list[dict]:
+    """vis-network edge records: inside a community its colour, half opaque; between communities (or without one)
+    faint grey; width by weight."""
+    community = _community_ids(g)
+    w = np.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0).tolist() if g.n_edges else []
+    src, dst = [g.node_ids[k] for k in g.edge_src.tolist()], [g.node_ids[k] for k in g.edge_dst.tolist()]
+    cs, cd = community[g.edge_src].tolist(), community[g.edge_dst].tolist()
+    styles = {c: {"color": col, "opacity": 0.45} for c, col in comm_colors.items()}
+    faint = {"color": "#9e9e9e", "opacity": 0.08}
+    return [{"id": k, "from": s, "to": d, "value": x, "title": f"{g.weight_key} {x:.3f}", "color": styles.get(a, faint) if a == b else faint}
+            for k, (s, d, x, a, b) in enumerate(zip(src, dst, w, cs, cd))]
+
+
+def pyvis_network(graph: FeatureGraph, height: str = "800px", width: str = "100%", notebook: bool = False,
+                  max_nodes: int | None = None):
+    """A pyvis ``Network`` of ``graph`` as :func:`write_html` draws it — the same positions (the graph's layout,
+    computed on a copy when missing), community colours, sizes (by frequency), labels and tooltips, inter-community
+    edges faint — with physics off and vis-network inlined (``cdn_resources="in_line"``), so
+    ``net.write_html(path)`` / ``net.show(path)`` work offline. Nodes and edges are filled in directly (pyvis's
+    ``add_edge`` checks every edge against all others: quadratic). ``max_nodes`` samples as the page does.
+
+    Text stays text: pyvis shows a tooltip as HTML once any tooltip contains "href", so tooltips carry "href" as
+    "hre\u200bf" (a zero-width space, invisible) and pyvis keeps vis-network's plain-text tooltips.
+    """
+    from pyvis.network import Network
+
+    g = _with_layout(graph, None)
+    if max_nodes is not None:
+        g = _induced(g, sample_nodes(g, max_nodes).keep)
+    community = _community_ids(g)
+    comm_colors = _community_colors(g)
+    pos = _page_positions(np.c_[[_num(v) for v in g.node_attrs["x"]], [_num(v) for v in g.node_attrs["y"]]])
+    scaling = _scaling(_spacing(pos))
+    freq = np.asarray([_num(v) for v in _column(g, "frequency", 0.0)])
+    t = np.sqrt(freq / freq.max()) if len(freq) and freq.max() > 0 else np.full(len(freq), 0.5)
+    size = scaling["min"] + t * (scaling["max"] - scaling["min"])
+    net = Network(height=height, width=width, directed=g.directed, notebook=notebook, cdn_resources="in_line")
+    safe = lambda text: text.replace("href", "hre\u200bf")  # noqa: E731
+    with _gc_paused():
+        for i in range(g.n_nodes):
+            node = g.node(i)
+            c = int(community[i])
+            net.nodes.append({"id": node["id"], "label": str(node.get("label") or node["id"]), "title": safe(_tooltip(node)),
+                              "color": comm_colors.get(c, UNASSIGNED), "size": round(float(size[i]), 2), "shape": "dot",
+                              "x": round(float(pos[i, 0]), 2), "y": round(float(pos[i, 1]), 2), "physics": False})
+        net.node_ids = list(g.node_ids)
+        net.node_map = {n["id"]: n for n in net.nodes}
+        for e in _edge_records(g, comm_colors):
+            e.pop("id")
+            e["width"] = 0.5 + 3.5 * min(abs(e.pop("value")), 1.0)
+            net.edges.append(e)
+    net.toggle_physics(False)
+    _offline_template(net)
+    return net
+
+
+@lru_cache(maxsize=1)
+def _pyvis_offline_template_text() -> str:
+    """pyvis's page template without its Bootstrap <link>/<script> from a CDN (it styles menus we do not use); with
+    ``cdn_resources="in_line"`` nothing else is fetched."""
+    import pyvis
+
+    text = (Path(pyvis.__file__).parent / "templates" / "template.html").read_text(encoding="utf-8")
+    return re.sub(r"<(link|script)\s[^>]*cdn\.jsdelivr\.net/npm/bootstrap[^>]*>(\s*</script>)?", "", text)
+
+
+def _offline_template(net) -> None:
+    import pyvis
+    from jinja2 import ChoiceLoader, DictLoader, Environment, FileSystemLoader
+
+    text = _pyvis_offline_template_text()
+    files = FileSystemLoader(str(Path(pyvis.__file__).parent / "templates"))  # the scripts it inlines
+    net.templateEnv = Environment(loader=ChoiceLoader([DictLoader({net.path: text}), files]))
+    net.template = net.templateEnv.get_template(net.path)  # what pyvis renders in a notebook
+
+
+def _community_colors(g: FeatureGraph) -> dict[int, str]:
+    """Community → colour: the nodes' own ``color`` where the graph has it (one per community), else the palette."""
+    community = _community_ids(g)
+    own = g.node_attrs.get("color")
+    fallback = node_colors(g)
+    out: dict[int, str] = {}
+    for i, c in enumerate(community.tolist()):
+        if c < 0 or c in out:
+            continue
+        col = own[i] if own is not None else None
+        out[c] = col if isinstance(col, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", col) else fallback[i]
+    return out
 
 
 # ---- the diff page -------------------------------------------------------------------------------------------------

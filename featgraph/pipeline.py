@@ -30,6 +30,7 @@ from crosscoder.model_diff import model_diff, model_feature_activations
 
 from .dashboards import add_dashboards
 from .labels import add_labels, read_user_labels
+from .layout import add_layout
 from .coactivation import add_layer_profiles, add_model_diff, add_top_contexts, coactivation_graph
 from .communities import leiden
 from .crosslayer import SPAR_ACTIVE_FRAC, stack_graph
@@ -146,5 +147,6 @@ def build_graph(
     if cfg.dashboards:
         add_dashboards(graph, stats, rows_NT, token_str, cc=ccs if stack else ccs[0], model=model)
     add_labels(graph, read_user_labels(cfg.labels) if cfg.labels is not None else None)
+    add_layout(graph, seed=seed)  # x, y, colour: communities together (stacks: by layer), the same in the page and every export
     graph.meta = json.loads(json.dumps(graph.meta, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     return GraphResult(graph, stats)

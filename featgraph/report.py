@@ -33,7 +33,8 @@ from crosscoder.io import atomic_file
 from . import plots
 from .graph import FeatureGraph
 
-__all__ = ["FoundGraph", "FoundMetrics", "FoundRelNorm", "FolderContents", "scan_folder", "flow_pairs", "render_report", "write_report"]
+__all__ = ["FoundGraph", "FoundMetrics", "FoundRelNorm", "FolderContents", "community_rows", "scan_folder", "flow_pairs", "render_report",
+           "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +431,83 @@ def _community_sizes(found: FolderContents) -> str:
                       "communities (a graph.json whose nodes have community)")
 
 
+COMMUNITY_ROWS = 30
+"""Communities listed per graph in the community table (largest first; the rest are counted)."""
+
+
+def _page_of(found: FolderContents, g: FoundGraph) -> Path | None:
+    """The graph page written beside a graph's JSON (``graph.json`` → ``graph.html``), when the folder has it."""
+    page = g.path.with_suffix(".html")
+    return page if page in found.pages else None
+
+
+def community_rows(graph: FeatureGraph) -> list[dict]:
+    """One row per community, largest first: ``community``, ``label`` (meta ``community_labels``), ``size``,
+    ``hookpoints`` (members' peak hookpoints, most common first, with counts), ``top_tokens`` (the tokens of the
+    members' top contexts, most common first, with counts), ``edges`` (distinct member pairs joined by an edge) and
+    ``density`` = edges / (n(n-1)/2) (n(n-1) for a directed graph; 0 for a single feature)."""
+    from collections import Counter
+
+    comm = np.asarray(graph.node_attrs["community"], dtype=np.int64)
+    labels = graph.meta.get("community_labels") if isinstance(graph.meta.get("community_labels"), dict) else {}
+    peak = graph.node_attrs.get("peak_hookpoint")
+    contexts = graph.node_attrs.get("top_contexts")
+    s, d = graph.edge_src, graph.edge_dst
+    inside = (comm[s] == comm[d]) & (s != d) & (comm[s] >= 0)
+    a, b = s[inside], d[inside]
+    if not graph.directed:
+        a, b = np.minimum(a, b), np.maximum(a, b)
+    pairs = np.unique(np.c_[a, b], axis=0) if len(a) else np.zeros((0, 2), dtype=np.int64)
+    n_labels = max(int(comm.max()) + 1, 0)
+    edges_in = np.bincount(comm[pairs[:, 0]], minlength=n_labels) if len(pairs) else np.zeros(n_labels, dtype=np.int64)
+    sizes = np.bincount(comm[comm >= 0]) if (comm >= 0).any() else np.zeros(0, dtype=np.int64)
+    rows = []
+    for c in np.argsort(-sizes, kind="stable").tolist():
+        n = int(sizes[c])
+        if n == 0:
+            continue
+        members = np.flatnonzero(comm == c).tolist()
+        hooks = Counter(str(peak[i]) for i in members) if peak is not None else Counter()
+        tokens: Counter = Counter()
+        for i in members:
+            for ctx in (contexts[i] or []) if contexts is not None else []:
+                if isinstance(ctx, dict) and "token" in ctx:
+                    tokens[str(ctx["token"])] += 1
+        pairs_possible = n * (n - 1) / (1 if graph.directed else 2)
+        rows.append({"community": c, "label": str(labels.get(str(c), "") or ""), "size": n,
+                     "hookpoints": hooks.most_common(3), "top_tokens": tokens.most_common(6),
+                     "edges": int(edges_in[c]) if c < len(edges_in) else 0,
+                     "density": float(edges_in[c] / pairs_possible) if pairs_possible and c < len(edges_in) else 0.0})
+    return rows
+
+
+def _token(t: str) -> str:
+    """A token as people read it in a table: quoted, with its spaces and escapes visible (JSON string syntax)."""
+    return json.dumps(t, ensure_ascii=False)
+
+
+def _communities(found: FolderContents, out_dir: Path) -> str:
+    def draw(g: FoundGraph) -> str:
+        page = _page_of(found, g)
+        href = urllib.parse.quote(Path(os.path.relpath(found.folder / page, out_dir)).as_posix()) if page else None
+        rows = community_rows(g.graph)
+        head = "".join(f"<th>{h}</th>" for h in ("community", "label", "size", "hookpoints", "top tokens", "edges inside", "internal density"))
+        body = []
+        for r in rows[:COMMUNITY_ROWS]:
+            name = f"#{r['community']}"
+            link = f'<a href="{_E(href)}#community={r["community"]}">{name}</a>' if href else name
+            hooks = ", ".join(f"{h} ({k})" for h, k in r["hookpoints"])
+            toks = ", ".join(f"{_token(t)} ({k})" for t, k in r["top_tokens"])
+            body.append(f"<tr><td>{link}</td><td>{_E(r['label'])}</td><td>{r['size']}</td><td>{_E(hooks)}</td><td>{_E(toks)}</td>"
+                        f"<td>{r['edges']}</td><td>{r['density']:.3f}</td></tr>")
+        more = f'<p class="note">and {len(rows) - COMMUNITY_ROWS} smaller communities</p>' if len(rows) > COMMUNITY_ROWS else ""
+        where = (f'<p class="note">links open <a href="{_E(href)}">{_E(page.as_posix())}</a> focused on that community</p>'
+                 if href else '<p class="note">no graph page beside this graph.json to link to</p>')
+        return where + f'<table class="rows"><tr>{head}</tr>{"".join(body)}</table>' + more
+
+    return _per_graph(found, _has_communities, draw, "communities (a graph.json whose nodes have community)")
+
+
 def _rel_norm(found: FolderContents) -> str:
     if not found.rel_norms:
         return _absent("relative decoder norms (a graph.json with node attribute rel_norm, or model_diff.json with rel_norm)")
@@ -511,15 +589,17 @@ def _interactions(found: FolderContents) -> str:
                                      "or a study report.json with interactions)")
 
 
-SECTIONS: list[tuple[str, str, Callable[[FolderContents], str]]] = [
-    ("metrics", "Crosscoder metrics: FVU, L0, dead fraction", _metrics_section),
-    ("layer-profiles", "Layer profiles", _layer_profiles),
-    ("community-sizes", "Community sizes", _community_sizes),
-    ("community-flow", "Community flow between stages", _flows),
-    ("rel-norm", "Relative decoder norm", _rel_norm),
-    ("quadrant", "Stage cosines: the bottom-left quadrant", _quadrant),
-    ("interactions", "Top interactions", _interactions),
+SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
+    ("metrics", "Crosscoder metrics: FVU, L0, dead fraction", lambda found, out_dir: _metrics_section(found)),
+    ("layer-profiles", "Layer profiles", lambda found, out_dir: _layer_profiles(found)),
+    ("community-sizes", "Community sizes", lambda found, out_dir: _community_sizes(found)),
+    ("communities", "Communities: labels, hookpoints, top tokens, internal density", _communities),
+    ("community-flow", "Community flow between stages", lambda found, out_dir: _flows(found)),
+    ("rel-norm", "Relative decoder norm", lambda found, out_dir: _rel_norm(found)),
+    ("quadrant", "Stage cosines: the bottom-left quadrant", lambda found, out_dir: _quadrant(found)),
+    ("interactions", "Top interactions", lambda found, out_dir: _interactions(found)),
 ]
+"""(section id, heading, make(found, out_dir) → HTML; out_dir is where the report is written, for relative links)."""
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}h3{font-size:1em;margin-bottom:.3em}
@@ -537,7 +617,7 @@ def render_report(found: FolderContents, out_dir: Path, title: str | None = None
             f'<section id="summary"><h2>Summary</h2>{_header(found)}</section>',
             f'<section id="pages"><h2>Graph pages</h2>{_pages(found, out_dir)}</section>']
     for sid, name, make in SECTIONS:
-        body.append(f'<section id="{sid}"><h2>{_E(name)}</h2>{make(found)}</section>')
+        body.append(f'<section id="{sid}"><h2>{_E(name)}</h2>{make(found, out_dir)}</section>')
     if found.skipped:
         body.append('<section id="skipped"><h2>Files not read</h2><ul>' + "".join(f"<li>{_E(s)}</li>" for s in found.skipped) + "</ul></section>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_E(title)}</title>'

@@ -3,7 +3,9 @@ schema; the export command."""
 
 import csv
 import json
+import math
 import re
+import xml.etree.ElementTree as ET
 
 import networkx as nx
 import numpy as np
@@ -32,8 +34,8 @@ def test_gexf_round_trip_with_viz(tmp_path):
     assert back.node_attrs["layer_profile"] == g.node_attrs["layer_profile"]
     assert back.node_attrs["top_contexts"] == g.node_attrs["top_contexts"]
     np.testing.assert_allclose(back.weights, g.weights)
-    raw = nx.read_gexf(tmp_path / "g.gexf")
-    assert {"color", "position", "size"} <= set(raw.nodes["F0"]["viz"])
+    node = ET.parse(tmp_path / "g.gexf").getroot().find(".//{http://gexf.net/1.3}node")
+    assert [child.tag.rsplit("}", 1)[-1] for child in node if "viz" in child.tag] == ["color", "position", "size"]
 
 
 def test_cytoscape_and_csv(tmp_path):
@@ -110,13 +112,41 @@ def neuronpedia_problems(doc) -> list[str]:
         out.append("jsNodeId values repeat")
     known = set(ids)
     out.extend(f"links[{i}] names an unknown node" for i, e in enumerate(doc["links"]) if e.get("source") not in known or e.get("target") not in known)
+    out.extend(f"links[{i}].weight is not finite" for i, e in enumerate(doc["links"]) if _is(e.get("weight"), "number") and not math.isfinite(e["weight"]))
+    # what the viewer decodes must be what the node says: feature = cantor(layer, index) of node_id "{layer}_{index}_{ctx}"
+    n_tokens = len(doc["metadata"].get("prompt_tokens", []))
+    for i, n in enumerate(doc["nodes"]):
+        m = re.fullmatch(r"(\d+)_(\d+)_(\d+)", str(n.get("node_id")))
+        if m is None:
+            out.append(f"nodes[{i}].node_id {n.get('node_id')!r} is not layer_index_ctx")
+            continue
+        layer, index, c = map(int, m.groups())
+        if _is(n.get("feature"), "integer") and _viewer_layer_index(n["feature"]) != (layer, index):
+            out.append(f"nodes[{i}].feature decodes to {_viewer_layer_index(n['feature'])}, not its node_id's ({layer}, {index})")
+        if str(n.get("layer")) != str(layer) or _is(n.get("ctx_idx"), "integer") and n["ctx_idx"] != c:
+            out.append(f"nodes[{i}] layer/ctx_idx disagree with its node_id")
+        if _is(n.get("ctx_idx"), "integer") and not 0 <= n["ctx_idx"] < n_tokens:
+            out.append(f"nodes[{i}].ctx_idx {n['ctx_idx']} is outside the {n_tokens} prompt tokens")
     q = doc["qParams"]
-    out.extend(f"qParams pins unknown node {p!r}" for p in q.get("pinnedIds", []) if p not in known)
+    pinned = q.get("pinnedIds", [])
+    out.extend(f"qParams pins unknown node {p!r}" for p in pinned if p not in known)
+    if len(set(pinned)) != len(pinned):
+        out.append("qParams pins a node twice")
+    if len(pinned) > 200:  # circuit-tracer's subgraph: pinnedIds.slice(0, 200)
+        out.append(f"qParams pins {len(pinned)} nodes; the viewer shows at most 200")
     if q.get("clickedId") and q["clickedId"] not in known:
         out.append("qParams.clickedId names an unknown node")
+    names, members = [], []
     for sn in q.get("supernodes", []):
-        if not sn or not isinstance(sn[0], str) or any(m not in set(q.get("pinnedIds", [])) for m in sn[1:]):
+        if not isinstance(sn, list) or len(sn) < 2 or not isinstance(sn[0], str) or not sn[0] or any(m not in set(pinned) for m in sn[1:]):
             out.append(f"supernode {sn!r} is not [name, pinned node ids...]")
+            continue
+        names.append(sn[0])
+        members += sn[1:]
+    if len(set(names)) != len(names) or set(names) & known:
+        out.append("supernode names repeat or equal a node id (the viewer uses the name as the supernode's id)")
+    if len(set(members)) != len(members):
+        out.append("a node is in two supernodes")
     return out
 
 
@@ -138,6 +168,13 @@ def test_the_schema_check_can_fail():
     bad["nodes"][0]["ctx_idx"] = "0"
     bad["links"] = [{"source": "0_1_0", "target": "9_9_9", "weight": 1.0}]
     assert neuronpedia_problems(bad) == ["nodes[0] lacks 'clerp'", "nodes[0].ctx_idx = '0' is not integer", "links[0] names an unknown node"]
+    viewer = json.loads(json.dumps(good))
+    viewer["nodes"][0]["feature"] = 1  # decodes to layer 1, index 0
+    viewer["nodes"].append({**good["nodes"][0], "node_id": "0_2_3", "feature": cantor_pair(0, 2), "jsNodeId": "0_2-0", "ctx_idx": 3})
+    viewer["qParams"].update(pinnedIds=["0_1_0", "0_2_3"], supernodes=[["0_1_0", "0_1_0"], ["s", "0_1_0"]])
+    assert neuronpedia_problems(viewer) == [
+        "nodes[0].feature decodes to (1, 0), not its node_id's (0, 1)", "nodes[1].ctx_idx 3 is outside the 1 prompt tokens",
+        "supernode names repeat or equal a node id (the viewer uses the name as the supernode's id)", "a node is in two supernodes"]
 
 
 def test_neuronpedia_meets_the_schema_and_maps_features(tmp_path):
@@ -185,6 +222,65 @@ def test_neuronpedia_prompt_graph_positions(tmp_path):
     assert doc["metadata"]["prompt_tokens"] == ["[0]", "[1]", "[2]"] and neuronpedia_problems(doc) == []
     with pytest.raises(FeatgraphError, match="pass the prompt_tokens"):
         write_neuronpedia(pg, tmp_path / "p3.json", prompt_tokens=["a", "b"])
+
+
+def test_every_community_of_two_or_more_is_a_supernode(tmp_path):
+    """16 communities of sizes 1..16 (the issue's graph had 16 and got 2 supernodes): 15 supernodes, named by their
+    labels, each with its community's strongest pinned members."""
+    sizes = np.arange(1, 17)
+    community = np.repeat(np.arange(16), sizes)
+    n = len(community)
+    rng = np.random.default_rng(0)
+    src, dst = np.triu_indices(n, 1)
+    same = community[src] == community[dst]
+    keep = same | (rng.random(len(src)) < 0.02)
+    g = FeatureGraph([f"F{i}" for i in range(n)], {"community": community.tolist(), "peak_layer": (np.arange(n) % 4).tolist(),
+                                                   "label": [f"feature {i}" for i in range(n)]},
+                     src[keep], dst[keep], {"weight": rng.uniform(0.1, 1.0, keep.sum())},
+                     meta={"community_labels": {str(c): f"topic {c}" for c in range(16)} | {"3": "topic 2"}})
+    doc = json.loads(write_neuronpedia(g, tmp_path / "g.json").read_text())
+    assert neuronpedia_problems(doc) == []
+    q = doc["qParams"]
+    names = [sn[0] for sn in q["supernodes"]]
+    assert len(names) == 15 and "topic 0" not in names  # community 0 has one feature
+    assert sorted(x for x in names if x.startswith("topic 2")) in (["topic 2", "topic 2 (community 2)"], ["topic 2", "topic 2 (community 3)"])
+    by_node = {n["node_id"]: n for n in doc["nodes"]}
+    influence = {n["node_id"]: n["influence"] for n in doc["nodes"]}
+    for sn in q["supernodes"]:
+        c = by_node[sn[1]]["community"]
+        assert sn[1:] == [m for m in q["pinnedIds"] if by_node[m]["community"] == c]  # every pinned member, strongest first
+        strongest = sorted((m for m, node in by_node.items() if node["community"] == c), key=influence.get)
+        assert sn[1 : 1 + min(int(sizes[c]), 3)] == strongest[:3]  # at least the community's three strongest
+    assert q["pinnedIds"] == sorted(q["pinnedIds"], key=influence.get) and q["clickedId"] == q["pinnedIds"][0]
+    assert all(n["clerp"] == f"feature {n['featgraph_id'][1:]}" for n in doc["nodes"])  # clerp = label
+    few = json.loads(write_neuronpedia(g, tmp_path / "g2.json", per_community=2, n_pinned=0).read_text())["qParams"]
+    assert len(few["pinnedIds"]) == 30 and all(len(sn) == 3 for sn in few["supernodes"])
+
+
+def test_neuronpedia_pin_limit(tmp_path, caplog):
+    community = np.repeat(np.arange(120), 2)  # 120 pairs: 240 members > the viewer's 200 pins
+    n = len(community)
+    g = FeatureGraph([f"F{i}" for i in range(n)], {"community": community.tolist(), "peak_layer": [1] * n},
+                     np.arange(0, n, 2), np.arange(1, n, 2), {"weight": np.linspace(1.0, 0.1, n // 2)})
+    with caplog.at_level("WARNING"):
+        doc = json.loads(write_neuronpedia(g, tmp_path / "g.json").read_text())
+    assert neuronpedia_problems(doc) == [] and len(doc["qParams"]["pinnedIds"]) == 200
+    assert len(doc["qParams"]["supernodes"]) == 100 and "20 of 120 communities" in caplog.text
+
+
+def test_neuronpedia_prompt_graph_real_tokens(tmp_path):
+    g = small_graph()
+    tokens = ["<bos>", "Once", " upon", " a", " time"]
+    pg = prompt_graph(g, ["F0", "F3", "F7"], activation=[2.0, 0.5, 1.0], positions=[[2, 4], [1], [0, 3]], prompt_tokens=tokens)
+    assert pg.meta["prompt_tokens"] == tokens and pg.meta["prompt"] == "<bos>Once upon a time"
+    doc = json.loads(write_neuronpedia(pg, tmp_path / "p.json").read_text())  # tokens from the graph, not passed
+    assert neuronpedia_problems(doc) == []
+    assert doc["metadata"]["prompt_tokens"] == tokens and doc["metadata"]["prompt"] == "<bos>Once upon a time"
+    assert {n["featgraph_id"]: n["ctx_idx"] for n in doc["nodes"]} == {"F0": 2, "F3": 1, "F7": 0}
+    back = json.loads(write_json(pg, tmp_path / "graph.json").read_text())["graph"]
+    assert back["prompt_tokens"] == tokens  # kept in graph.json, so `featgraph export` finds them
+    with pytest.raises(FeatgraphError, match="BOS token included"):
+        prompt_graph(g, ["F0"], positions=[[5]], prompt_tokens=tokens)
 
 
 def test_neuronpedia_bad_graphs(tmp_path):

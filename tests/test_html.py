@@ -65,7 +65,7 @@ def test_color_by_rel_norm_is_a_diverging_scale(tmp_path):
     assert page_var(plain, "legend") == {"kind": "communities"}
     same = {}
     for n in page_var(plain, "nodes"):
-        assert same.setdefault(n["group"], n["color"]) == n["color"]
+        assert same.setdefault(n["community"], n["color"]) == n["color"]
 
 
 def test_color_by_spans_min_to_max_outside_unit_interval(tmp_path):
@@ -85,6 +85,86 @@ def test_color_by_bad_attribute(tmp_path):
     with pytest.raises(FeatgraphError, match="non-numeric"):
         write_html(g, tmp_path / "g.html", color_by="peak_hookpoint")
     assert not (tmp_path / "g.html").exists()
+
+
+# ---- layout, colours, legend, dashboard data ---------------------------------------------------------------------
+def small_graph() -> FeatureGraph:
+    """F0–F1–F2 (community 0), F3–F4 (community 1), one edge F2–F3 between them; F5 without a community."""
+    return FeatureGraph(
+        [f"F{i}" for i in range(6)],
+        {"community": [0, 0, 0, 1, 1, None], "frequency": [0.4, 0.1, 0.2, 0.3, 0.05, 0.01], "label": ["a", "b", "", "d", "e", "f"],
+         "peak_layer": [0, 1, 2, 0, 1, 2]},
+        [0, 1, 2, 3, 0], [1, 2, 3, 4, 2],
+        {"weight": np.array([0.9, 0.5, 0.2, 0.7, -0.8]), "pearson": np.array([0.9, 0.5, 0.2, 0.7, -0.8]),
+         "jaccard": np.array([0.3, 0.2, 0.1, 0.4, np.nan])},
+        meta={"community_labels": {"0": "the · a", "1": "<b>river</b>"}, "hookpoints": ["h0", "h1", "h2"]},
+    )
+
+
+def test_page_takes_the_graph_layout_and_community_colours(tmp_path):
+    from featgraph.layout import add_layout, community_palette
+
+    g = add_layout(small_graph(), seed=0)
+    html = write_html(g, tmp_path / "g.html").read_text()
+    nodes = {n["id"]: n for n in page_var(html, "nodes")}
+    page_xy = np.array([[nodes[f"F{i}"]["x"], nodes[f"F{i}"]["y"]] for i in range(6)])
+    graph_xy = np.c_[g.node_attrs["x"], g.node_attrs["y"]]
+    # the page's positions are the graph's, centred and scaled by one factor (the same picture)
+    k = np.ptp(page_xy, axis=0).max() / np.ptp(graph_xy, axis=0).max()
+    assert np.allclose(page_xy - page_xy.mean(0), k * (graph_xy - graph_xy.mean(0)), atol=0.05)
+    palette = community_palette(2)
+    assert [nodes[f"F{i}"]["color"] for i in range(6)] == [palette[0]] * 3 + [palette[1]] * 2 + ["#a0a0a0"]
+    assert [nodes[f"F{i}"]["name"] for i in range(6)] == ["a", "b", "F2", "d", "e", "f"]  # label, else id
+    assert all("label" not in n for n in nodes.values())  # the page draws the names itself (vis-network would not fit them)
+    edges = page_var(html, "edges")
+    assert [e["color"] for e in edges] == [{"color": palette[0], "opacity": 0.45}, {"color": palette[0], "opacity": 0.45},
+                                           {"color": "#9e9e9e", "opacity": 0.08}, {"color": palette[1], "opacity": 0.45},
+                                           {"color": palette[0], "opacity": 0.45}]  # inside: its colour; between: faint grey
+    assert json.loads(html.split("var options = ", 1)[1].split(";\n", 1)[0])["physics"]["enabled"] is False
+    assert page_var(html, "layouts") == {"current": "community", "alt": "layers"}
+    alt = {i: nodes[i]["alt"] for i in nodes}  # the layer view, one switch away: x by peak layer
+    assert alt["F0"][0] < alt["F1"][0] < alt["F2"][0] and alt["F3"][0] < alt["F4"][0] < alt["F5"][0]
+    # the legend: label and size of each community, largest first
+    assert page_var(html, "communities") == [
+        {"id": 0, "label": "the · a", "size": 3, "shown": 3, "color": palette[0]},
+        {"id": 1, "label": "<b>river</b>", "size": 2, "shown": 2, "color": palette[1]}]
+    assert "<b>river</b>" not in html  # escaped JSON only
+
+
+def test_page_lays_out_a_copy_when_the_graph_has_no_layout(tmp_path):
+    g = small_graph()
+    html = write_html(g, tmp_path / "g.html").read_text()
+    assert "x" not in g.node_attrs and "layout" not in g.meta  # the caller's graph is left alone
+    assert page_var(html, "layouts")["current"] == "community"
+    html = write_html(g, tmp_path / "l.html", layout="layers").read_text()
+    nodes = {n["id"]: n for n in page_var(html, "nodes")}
+    assert page_var(html, "layouts") == {"current": "layers", "alt": "community"}
+    assert nodes["F0"]["x"] < nodes["F1"]["x"] < nodes["F2"]["x"]
+    with pytest.raises(FeatgraphError, match="unknown layout 'tree'"):
+        write_html(g, tmp_path / "t.html", layout="tree")
+
+
+def test_panel_gets_neighbours_with_edge_measures_and_dashboard_data(tmp_path):
+    g = small_graph()
+    g.set_node_attr("density", [0.01, 0.02, float("nan"), None, 0.5, 0.1])
+    g.set_node_attr("act_histogram", [{"edges": np.array([0.0, 1.0, 2.0]), "counts": np.array([3, 1])}] + [None] * 5)
+    g.set_node_attr("quantile_examples", [[{"range": [0.5, 1.0], "examples": [{"left": "l", "token": "t", "right": "r", "act": 0.7}]}]] + [None] * 5)
+    g.set_node_attr("top_logits", [[["x", 1.5]], {"A": [["y", 2.0]], "B": [["z", 1.0]]}] + [None] * 4)
+    g.set_node_attr("bottom_logits", [[["w", -1.5]]] + [None] * 5)
+    html = write_html(g, tmp_path / "g.html").read_text()
+    info = {n["id"]: n["info"] for n in page_var(html, "nodes")}
+    # F0's neighbours by |weight|: F2 (-0.8), F1 (0.9 first: |0.9| > |-0.8|)
+    assert [nb["id"] for nb in info["F0"]["neighbours"]] == ["F1", "F2"]
+    assert info["F0"]["neighbours"][0]["m"] == {"weight": 0.9, "pearson": 0.9, "jaccard": 0.3}
+    assert info["F0"]["neighbours"][1]["m"] == {"weight": -0.8, "pearson": -0.8, "jaccard": None}  # NaN → none
+    assert [nb["id"] for nb in info["F2"]["neighbours"]] == ["F0", "F1", "F3"]
+    assert info["F5"]["neighbours"] == []
+    assert info["F0"]["density"] == 0.01 and "density" not in info["F3"] and info["F2"]["density"] is None
+    assert info["F0"]["act_histogram"] == {"edges": [0.0, 1.0, 2.0], "counts": [3, 1]}
+    assert info["F0"]["quantile_examples"][0]["examples"][0]["token"] == "t"
+    assert info["F0"]["top_logits"] == [["x", 1.5]] and info["F1"]["top_logits"] == {"A": [["y", 2.0]], "B": [["z", 1.0]]}
+    assert info["F0"]["bottom_logits"] == [["w", -1.5]] and "bottom_logits" not in info["F1"]
+    assert info["F5"]["community"] is None
 
 
 # ---- large graphs --------------------------------------------------------------------------------------------------
@@ -122,9 +202,11 @@ def test_sample_nodes_is_stratified_by_community(max_nodes):
 
 
 def test_large_graph_page_is_sampled_and_says_so(tmp_path, record_property):
-    g = synthetic_graph(20_000, 100_000)
+    from featgraph.layout import add_layout
+
+    g = add_layout(synthetic_graph(20_000, 100_000))  # laid out as build_graph leaves it (the layout's own time: test_layout)
     t0 = time.perf_counter()
-    path = write_html(g, tmp_path / "big.html")
+    path = write_html(g, tmp_path / "big.html", renderer="vis")  # vis-network samples; WebGL (the default here) does not
     seconds = time.perf_counter() - t0
     size = path.stat().st_size
     record_property("html_seconds_20k", round(seconds, 2))
@@ -150,8 +232,10 @@ def test_small_graph_page_has_no_sampling_note(tmp_path):
 
 
 def test_2000_nodes_20000_edges_build_within_a_second(tmp_path):
+    from featgraph.layout import add_layout
+
     write_html(synthetic_graph(20, 40), tmp_path / "warm.html")  # first call reads the inlined library
-    g = synthetic_graph(2000, 20_000)
+    g = add_layout(synthetic_graph(2000, 20_000))  # laid out as build_graph leaves it (the layout's own time: test_layout)
     t0 = time.perf_counter()
     write_html(g, tmp_path / "g.html")
     seconds = time.perf_counter() - t0
@@ -224,3 +308,77 @@ def test_diff_page_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(FeatgraphError, match="pass edge_diff"):
         write_diff_html(a, b, edge_diff(a, other), feature_change(a, b), tmp_path / "d.html")
     assert not (tmp_path / "d.html").exists()
+
+
+# ---- pyvis ---------------------------------------------------------------------------------------------------------
+def test_to_pyvis_matches_the_page(tmp_path):
+    from featgraph.layout import add_layout
+
+    g = add_layout(small_graph())
+    g.set_node_attr("top_contexts", [[{"left": "<a href='x'>", "token": " href", "right": "", "act": 1.0}]] + [[]] * 5)
+    net = g.to_pyvis()
+    page = {n["id"]: n for n in page_var(write_html(g, tmp_path / "g.html").read_text(), "nodes")}
+    assert [n["id"] for n in net.nodes] == net.node_ids == g.node_ids and set(net.node_map) == set(g.node_ids)
+    for n in net.nodes:  # same positions, colours and labels as the page; physics off
+        p = page[n["id"]]
+        assert (n["x"], n["y"], n["color"], n["label"]) == (p["x"], p["y"], p["color"], p["name"])
+        assert n["physics"] is False and n["size"] > 0
+    sizes = {n["id"]: n["size"] for n in net.nodes}
+    assert sizes["F0"] > sizes["F3"] > sizes["F2"] > sizes["F1"] > sizes["F5"]  # by frequency
+    assert [(e["from"], e["to"]) for e in net.edges] == [(g.node_ids[s], g.node_ids[d]) for s, d in zip(g.edge_src, g.edge_dst)]
+    assert net.edges[2]["color"] == {"color": "#9e9e9e", "opacity": 0.08}  # between communities: faint
+    # "href" in a tooltip would switch pyvis to HTML tooltips (innerHTML): it is broken by a zero-width space
+    assert all("href" not in n["title"] for n in net.nodes) and "hre\u200bf" in net.nodes[0]["title"]
+    html = net.generate_html()
+    assert "popup.innerHTML" not in html and "cdn.jsdelivr.net" not in html and 'src="https://' not in html
+    assert 'href="https://' not in html
+    # pyvis's own quadratic add_edge is not used: 20,000 edges go in quickly
+    big = add_layout(synthetic_graph(2000, 20_000))
+    t0 = time.perf_counter()
+    big_net = big.to_pyvis()
+    assert len(big_net.edges) == 20_000 and time.perf_counter() - t0 < 5
+
+
+# ---- WebGL pages ---------------------------------------------------------------------------------------------------
+def webgl_var(html: str, name: str):
+    """The JSON a WebGL page gives its node set (``nodes``) or its edge columns (``edges``)."""
+    pattern = {"nodes": r"^\s*var nodes = new featgraphWebGL\.NodeSet\((.*)\);$",
+               "edges": r"^\s*var edges = new featgraphWebGL\.EdgeSet\((.*), nodes\.getIds\(\)\);$"}[name]
+    return json.loads(re.search(pattern, html, re.M).group(1))
+
+
+def test_drawn_edges_keep_each_nodes_strongest_then_the_strongest():
+    from featgraph.html import drawn_edges
+
+    # a star F0–F1..F5 with weights .9 .8 .7 .6 .5, and F6–F7 at .1: F6, F7's only edge is weak but theirs
+    g = FeatureGraph([f"F{i}" for i in range(8)], {}, [0, 0, 0, 0, 0, 6], [1, 2, 3, 4, 5, 7],
+                     {"weight": np.array([0.9, 0.8, -0.7, 0.6, 0.5, 0.1])})
+    assert drawn_edges(g, limit=6).tolist() == [0, 1, 2, 3, 4, 5]  # all fit
+    assert drawn_edges(g, limit=3).tolist() == [0, 1, 2, 3, 4, 5]  # every node's own strongest edge is more than 3
+    g2 = FeatureGraph(g.node_ids, {}, [0, 0, 0, 1, 2, 6], [1, 2, 3, 2, 3, 7], {"weight": np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])})
+    # own strongest: F0,F1 → e0; F2 → e1; F3 → e2; F6,F7 → e5; room for 1 more of the rest: e3 (0.6) before e4 (0.5)
+    assert drawn_edges(g2, limit=5).tolist() == [0, 1, 2, 3, 5]
+
+
+def test_webgl_page_above_five_thousand_nodes(tmp_path):
+    from featgraph.layout import add_layout
+
+    g = add_layout(synthetic_graph(6000, 40_000))
+    html = write_html(g, tmp_path / "g.html").read_text()  # auto: WebGL, every node
+    assert "new featgraphWebGL.Network" in html and "new vis.Network" not in html
+    nodes, cols = webgl_var(html, "nodes"), webgl_var(html, "edges")
+    assert len(nodes) == 6000 and "showing" not in html
+    assert len(cols["src"]) == len(cols["dst"]) == len(cols["w"]) == 40_000
+    assert cols["src"] == g.edge_src.tolist() and set(cols["measures"]) == {"weight"}
+    assert len(cols["drawn"]) == 30_000 and cols["drawn"] == sorted(cols["drawn"])
+    assert "drawing the 30,000 strongest of 40,000 edges" in html
+    assert all("neighbours" not in n["info"] and 1.5 <= n["size"] <= 7.5 for n in nodes)  # read from the graph on click
+    assert html.count("<script") == 3  # the page's error catcher, the libraries (inlined, with licences), the page
+    assert "Permission is hereby granted" in html and "sigma" in html and "graphology" in html
+    # a sample asked for stays possible, and picks vis-network when it is small enough
+    small = write_html(g, tmp_path / "s.html", max_nodes=1000).read_text()
+    assert "new vis.Network" in small and len(page_var(small, "nodes")) == 1000 and "showing 1,000 of 6,000 features" in small
+    forced = write_html(small_graph(), tmp_path / "f.html", renderer="webgl").read_text()
+    assert len(webgl_var(forced, "nodes")) == 6 and webgl_var(forced, "edges")["drawn"] == [0, 1, 2, 3, 4]
+    with pytest.raises(FeatgraphError, match="unknown renderer 'svg'"):
+        write_html(g, tmp_path / "x.html", renderer="svg")

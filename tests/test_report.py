@@ -71,6 +71,9 @@ def test_report_of_the_tiny_demo(demo_dir, capsys):
     sizes = _section(page, "community-sizes")
     assert f"{graph.n_nodes} nodes, {graph.n_edges} edges" in sizes
     assert 'href="graph.html"' in _section(page, "pages")
+    communities = _section(page, "communities")  # one row per community, each a link into the page, focused on it
+    assert communities.count('href="graph.html#community=') == min(summary["n_communities"], 30)
+    assert "not in this folder" not in communities
     assert "index.html" not in _section(page, "pages")
     assert str(summary["n_communities"]) in _section(page, "summary")
     for sid in ("community-flow", "rel-norm", "quadrant", "interactions"):  # absent inputs: one line each
@@ -222,6 +225,56 @@ def test_report_of_a_study_folder(study_dir):
     assert "<img src=x" not in page and "onerror=alert(1)>" not in page
     assert html_escaped(HOSTILE) in table and html_escaped(HOSTILE) in _section(page, "pages")
     assert 'href="graphs/diff_S_DF.html"' in page and 'href="graphs/S.html"' in page
+
+
+def community_graph() -> FeatureGraph:
+    """Community 0 = F0, F1, F2 with edges F0–F1, F1–F2 (and F1–F0 again: a parallel edge counts once), community
+    1 = F3, F4 joined by one edge, one edge F2–F3 between them."""
+    ctx = lambda *toks: [{"left": "x", "token": t, "right": "y", "act": 1.0} for t in toks]  # noqa: E731
+    return FeatureGraph(
+        ["F0", "F1", "F2", "F3", "F4"],
+        {"community": [0, 0, 0, 1, 1], "frequency": [0.1, 0.2, 0.3, 0.4, 0.5],
+         "peak_hookpoint": ["h1", "h1", "h0", "h2", "h2"],
+         "top_contexts": [ctx(" the", "\n"), ctx(" the"), ctx(HOSTILE), ctx("a"), ctx("a", "b")]},
+        [0, 1, 1, 2, 3], [1, 2, 0, 3, 4], {"weight": np.array([0.5, 0.4, 0.5, 0.1, 0.9])},
+        meta={"community_labels": {"0": HOSTILE + " · the", "1": "a · b"}}, multigraph=True,
+    )
+
+
+def test_community_rows_by_hand():
+    from featgraph.report import community_rows
+
+    rows = community_rows(community_graph())
+    assert [r["community"] for r in rows] == [0, 1] and [r["size"] for r in rows] == [3, 2]
+    assert [r["edges"] for r in rows] == [2, 1]
+    assert rows[0]["density"] == pytest.approx(2 / 3) and rows[1]["density"] == 1.0
+    assert rows[0]["hookpoints"] == [("h1", 2), ("h0", 1)] and rows[1]["hookpoints"] == [("h2", 2)]
+    assert rows[0]["top_tokens"][0] == (" the", 2) and dict(rows[0]["top_tokens"])[HOSTILE] == 1
+    assert rows[1]["label"] == "a · b" and rows[1]["top_tokens"] == [("a", 2), ("b", 1)]
+    directed = community_graph()
+    directed.directed = True
+    assert community_rows(directed)[0]["edges"] == 3  # F0→F1, F1→F2, F1→F0 of 6 ordered pairs
+    assert community_rows(directed)[0]["density"] == pytest.approx(3 / 6)
+
+
+def test_community_table_links_into_the_graph_page(tmp_path):
+    from featgraph.html import write_html
+
+    (tmp_path / "g").mkdir()
+    g = community_graph()
+    write_json(g, tmp_path / "g" / "graph.json")
+    write_html(g, tmp_path / "g" / "graph.html")
+    (tmp_path / "lonely").mkdir()
+    write_json(g, tmp_path / "lonely" / "graph.json")  # no page beside it: the table says so, without links
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    table = _section(page, "communities")
+    assert '<a href="g/graph.html#community=0">#0</a>' in table and '<a href="g/graph.html#community=1">#1</a>' in table
+    assert html_escaped(HOSTILE + " · the") in table and HOSTILE not in table
+    assert "<td>0.667</td>" in table and "<td>1.000</td>" in table
+    assert "h1 (2), h0 (1)" in table
+    assert html_escaped('" the" (2)') in table and html_escaped('"\\n" (1)') in table  # tokens quoted, escapes visible
+    assert "no graph page beside this graph.json" in table
+    assert table.count("#community=") == 2  # the rows of g only: lonely's rows link nowhere
 
 
 def html_escaped(s: str) -> str:
