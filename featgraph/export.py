@@ -87,7 +87,7 @@ import numpy as np
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_dir, atomic_file
 
-from .graph import FeatureGraph, _py
+from .graph import FeatureGraph, _py, json_ready
 
 __all__ = ["write_graphml", "read_graphml", "write_json", "read_json", "write_gexf", "read_gexf", "write_cytoscape", "write_csv",
            "write_neuronpedia", "cantor_pair", "safe_ids", "xml_text", "FORMATS", "export_graph", "PIN_LIMIT"]
@@ -120,31 +120,16 @@ def xml_text(text: str) -> str:
     return _XML_ILLEGAL.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\ufffd", text)
 
 
-def _plain(v: Any) -> Any:
-    """``v`` as plain JSON data: numpy scalars and arrays as Python values, tuples as lists, dict keys as strings,
-    non-finite floats as None (strict JSON)."""
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    v = _py(v)
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 def _json_text(v: Any) -> str:
     """JSON text of ``v`` that UTF-8 and XML can hold and ``json.loads`` returns exactly: non-ASCII text stays
     readable; lone surrogates, U+FFFE and U+FFFF become ``\\uXXXX`` escapes (JSON already escapes C0 controls)."""
-    text = json.dumps(_plain(v), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(json_ready(v), ensure_ascii=False, allow_nan=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _dumps(doc: Any) -> str:
     """Strict, pure-ASCII JSON (see the module docstring)."""
-    return json.dumps(_plain(doc), allow_nan=False)
+    return json.dumps(json_ready(doc), allow_nan=False)
 
 
 def _esc(text: str) -> str:

@@ -7,6 +7,7 @@ converts to networkx and igraph without loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +141,22 @@ class FeatureGraph:
 def _py(v: Any) -> Any:
     """numpy scalar → Python scalar (for JSON, GraphML, igraph)."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def json_ready(v: Any) -> Any:
+    """A JSON-ready copy: numpy scalars and arrays as Python values, tuples as lists, dict keys as str, non-finite floats
+    as None (strict JSON).
+
+    >>> json_ready({1: (np.float32(0.5), float("nan")), "a": np.arange(2)})
+    {'1': [0.5, None], 'a': [0, 1]}
+    """
+    if isinstance(v, np.ndarray):
+        return [json_ready(x) for x in v.tolist()]
+    v = _py(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    return v

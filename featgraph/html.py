@@ -37,7 +37,7 @@ import numpy as np
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import atomic_file
 
-from .graph import FeatureGraph, _py
+from .graph import FeatureGraph, _py, json_ready
 from .layout import (BOX, LAYOUT_MODES, UNASSIGNED, _community_ids, add_layout, community_layout, community_palette, layer_layout,
                      node_colors)
 
@@ -268,21 +268,6 @@ def _num(v: Any, default: float = 0.0) -> float:
     return x if np.isfinite(x) else default
 
 
-def _plain(v: Any) -> Any:
-    """A JSON-ready copy: numpy scalars and arrays as Python values, tuples as lists, non-finite floats as None."""
-    if isinstance(v, np.ndarray):
-        v = v.tolist()
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float):
-        return v if np.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 DASHBOARD_KEYS = ("density", "act_histogram", "quantile_examples", "top_logits", "bottom_logits")
 """Optional per-feature dashboard data (issue 14 contract), passed to the panel as they are when present."""
 
@@ -295,11 +280,11 @@ def _node_info(node: dict, hookpoints: list) -> dict:
         "frequency": _num(node.get("frequency")), "max_act": _num(node.get("max_act")),
         "peak_hookpoint": str(node.get("peak_hookpoint", "")), "hookpoints": hookpoints,
         "layer_profile": [_num(v) for v in node.get("layer_profile") or [0.0] * len(hookpoints)],
-        "top_contexts": _plain(node.get("top_contexts") or []),
+        "top_contexts": json_ready(node.get("top_contexts") or []),
     }
     for key in DASHBOARD_KEYS:
         if node.get(key) is not None:
-            info[key] = _plain(node[key])
+            info[key] = json_ready(node[key])
     if node.get("side_label") is not None:
         info["side_label"] = str(node["side_label"])
     return info
@@ -327,7 +312,7 @@ def _neighbours(g: FeatureGraph, k: int = 8) -> list[list[dict]]:
         if arr.dtype.kind in "fiub":
             cols[name] = [None if v != v or v in (np.inf, -np.inf) else v for v in _round_sig(arr.astype(np.float64)).tolist()]
         elif arr.dtype.kind in "OUS":
-            cols[name] = [v if isinstance(v, str) else _plain(v) for v in arr.tolist()]
+            cols[name] = [v if isinstance(v, str) else json_ready(v) for v in arr.tolist()]
     names = list(cols)
     for k, (c, o) in enumerate(zip(node[chosen].tolist(), other[chosen].tolist())):
         entry = {"id": g.node_ids[o], "m": {name: cols[name][k] for name in names}}
