@@ -9,15 +9,16 @@ feature pairs that ever fire together, never with tokens × features:
 * for feature dashboards (``dashboards=True``, the default): a histogram of each feature's non-zero activations over
   fixed log-spaced bins (:func:`hist_edges`; exact counts, so they add up across chunks and ranks), and a uniform
   random sample of ``sample`` of its non-zero activations with their token indices, kept as a *bottom-k sketch*:
-  every (token, feature) pair gets a pseudo-random key u = hash(seed, token index, feature) ∈ [0, 1) and a feature
+  every (token, feature) pair gets a pseudo-random key u ∈ [0, 1) from a splitmix64 mix of (seed, token index, feature) (:func:`sample_keys`) and a feature
   keeps the ``sample`` activations with the smallest keys — a uniform sample without replacement (Cohen & Kaplan,
   "Summarizing data using bottom-k sketches", PODC 2007) that depends only on the seed and the data, never on the
   chunking, the device or how tokens are split over ranks, so :meth:`CoactivationStats.merge` is exact. Quantile
   examples are drawn from it (:mod:`featgraph.dashboards`).
 
-Two accumulators, one result: on a GPU and up to ``dense_limit`` features (default 4,096: two F × F matrices of
-128 MiB at most) the pair statistics are dense matrices on the device, updated by one matmul per chunk (the GPU
-fast path); otherwise they are scipy sparse matrices holding only pairs that co-fire (on the CPU the sparse
+Two accumulators, one result: on a GPU, while two F × F matrices (int64 count + float64 moment) and one chunk's
+matmul products fit in ``DENSE_MEMORY_FRACTION`` (25 %) of the device's free memory, 28·F² bytes (or up to
+``dense_limit`` features when that is given), the pair statistics are dense matrices on the device, updated by one
+matmul per chunk (the GPU fast path); otherwise they are scipy sparse matrices holding only pairs that co-fire (on the CPU the sparse
 products are faster for sparse activations). ``co_count`` and
 ``co_moment`` are always returned as scipy CSR matrices. Statistics of disjoint token sets add up exactly
 (:meth:`CoactivationStats.merge`), and :meth:`CoactivationStats.all_reduce` combines ranks under
@@ -30,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CoactivationStats", "feature_max", "save_stats", "load_stats", "hist_edges", "sample_keys", "HIST_BINS"]
+__all__ = ["CoactivationStats", "DENSE_MEMORY_FRACTION", "feature_max", "save_stats", "load_stats", "hist_edges", "sample_keys", "HIST_BINS"]
 
 HIST_LOW, HIST_DECADES, HIST_PER_DECADE = 1e-3, 7, 12
 """Histogram bins: 12 per decade from 10⁻³ to 10⁴, with one bin below (0, 10⁻³) and one above [10⁴, ∞)."""
@@ -93,6 +94,20 @@ def _check_finite_chunk(per_feature_F: np.ndarray) -> None:
         )
 
 
+DENSE_MEMORY_FRACTION = 0.25
+"""Share of the device's free memory the dense GPU accumulator may take: 28·F² bytes (int64 + float64 sums and the
+float32 + float64 matmul products of one chunk)."""
+
+
+def _dense_fits(F: int, device: torch.device, fraction: float = DENSE_MEMORY_FRACTION) -> bool:
+    """Whether the dense pair accumulator for F features fits in ``fraction`` of ``device``'s free memory."""
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except Exception:  # no answer from the CUDA runtime: the former fixed limit
+        return F <= 4096
+    return 28 * F * F <= fraction * free
+
+
 class CoactivationStats:
     """Sufficient statistics for co-activation measures over F features.
 
@@ -105,8 +120,9 @@ class CoactivationStats:
         of the feature's max", pass ``frac * feature_max(...)`` from a first pass.
     top_m : int
         How many top activations (and their token indices) to keep per feature, for contexts.
-    dense_limit : int
-        On CUDA, keep the pair statistics as dense device matrices up to this many features; sparse above.
+    dense_limit : int or None
+        On CUDA, keep the pair statistics as dense device matrices up to this many features; None: while they fit in
+        ``DENSE_MEMORY_FRACTION`` of the device's free memory.
     dense : bool or None
         Force the dense (True) or sparse (False) accumulator; None chooses by device and ``dense_limit``.
     dashboards : bool
@@ -119,7 +135,7 @@ class CoactivationStats:
     """
 
     def __init__(
-        self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int = 4096, dense: bool | None = None,
+        self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int | None = None, dense: bool | None = None,
         dashboards: bool = True, sample: int = 32, seed: int = 0,
     ):
         F, M = n_features, top_m
@@ -169,7 +185,7 @@ class CoactivationStats:
         thr = torch.as_tensor(self.threshold, dtype=torch.float32, device=f_nF.device)
         active_nF = f_nF > thr
         if self.dense is None:
-            self.dense = f_nF.is_cuda and F <= self.dense_limit
+            self.dense = f_nF.is_cuda and (F <= self.dense_limit if self.dense_limit is not None else _dense_fits(F, f_nF.device))
         nonzero = None  # (rows, cols, values) of the positive activations, on the host, found once per chunk
         if self.dashboards or not self.dense:
             rows, cols = (f_nF > 0).nonzero(as_tuple=True)
