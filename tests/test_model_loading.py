@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import pytest
@@ -77,17 +78,23 @@ def test_unknown_name(tmp_path, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_official_name_offline(tmp_path, monkeypatch):
+BACKENDS = ["hooked", pytest.param("bridge", marks=pytest.mark.skipif(
+    importlib.util.find_spec("transformer_lens.model_bridge") is None, reason="TransformerBridge needs transformer-lens >= 3"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_official_name_offline(tmp_path, monkeypatch, backend):
     empty_hf_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(FeatgraphError, match="could not be loaded offline") as info:
-        load_model("roneneldan/TinyStories-33M")
+        load_model("roneneldan/TinyStories-33M", backend=backend)
     assert time.perf_counter() - start < 10
     assert "\n" not in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
 
 
-def test_official_alias_hub_unreachable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_official_alias_hub_unreachable(tmp_path, monkeypatch, backend):
     """Without HF_HUB_OFFLINE, a failed probe makes the load fail fast instead of retrying."""
     empty_hf_cache(tmp_path, monkeypatch)
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *model_loading._PROXY_VARS):
@@ -95,7 +102,7 @@ def test_official_alias_hub_unreachable(tmp_path, monkeypatch):
     monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=2.0: False)
     start = time.perf_counter()
     with pytest.raises(FeatgraphError, match="hub is unreachable"):
-        load_model("tiny-stories-33M")
+        load_model("tiny-stories-33M", backend=backend)
     assert time.perf_counter() - start < 10
 
 
