@@ -28,13 +28,13 @@ from crosscoder.crosscoder import Crosscoder
 from crosscoder.errors import FeatgraphError
 from crosscoder.model_diff import model_diff, model_feature_activations
 
-from .dashboards import add_dashboards
-from .labels import add_labels, read_user_labels
-from .layout import add_layout
 from .coactivation import add_layer_profiles, add_model_diff, add_top_contexts, coactivation_graph
 from .communities import leiden
 from .crosslayer import SPAR_ACTIVE_FRAC, stack_graph
+from .dashboards import add_dashboards
 from .graph import FeatureGraph
+from .labels import add_labels, read_user_labels
+from .layout import add_layout
 from .options import GraphConfig
 from .stats import CoactivationStats, feature_max
 
