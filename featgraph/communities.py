@@ -462,6 +462,6 @@ def community_summaries(graph: FeatureGraph, membership: Sequence[int], top_n: i
             hookpoints=hooks, n_hookpoints=len(hooks), top_tokens=tokens, top_contexts=contexts,
             n_internal_edges=int(n_edges[c]), density=float(n_edges[c] / (size * (size - 1) / 2)) if size > 1 else 0.0,
             internal_weight=float(weight[c]),
-            internal_fraction=float(2 * weight[c] / strength[c]) if strength[c] > 0 else 0.0,
+            internal_fraction=min(1.0, float(2 * weight[c] / strength[c])) if strength[c] > 0 else 0.0,  # 1 ulp over when all is internal
         ))
     return out

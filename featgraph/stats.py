@@ -15,23 +15,33 @@ feature pairs that ever fire together, never with tokens × features:
   chunking, the device or how tokens are split over ranks, so :meth:`CoactivationStats.merge` is exact. Quantile
   examples are drawn from it (:mod:`featgraph.dashboards`).
 
-Two accumulators, one result: on a GPU, while two F × F matrices (int64 count + float64 moment) and one chunk's
-matmul products fit in ``DENSE_MEMORY_FRACTION`` (25 %) of the device's free memory, 28·F² bytes (or up to
-``dense_limit`` features when that is given), the pair statistics are dense matrices on the device, updated by one
-matmul per chunk (the GPU fast path); otherwise they are scipy sparse matrices holding only pairs that co-fire (on the CPU the sparse
-products are faster for sparse activations). ``co_count`` and
-``co_moment`` are always returned as scipy CSR matrices. Statistics of disjoint token sets add up exactly
-(:meth:`CoactivationStats.merge`), and :meth:`CoactivationStats.all_reduce` combines ranks under
-torch.distributed.
+Two accumulators, one result. On the host (any CPU, and a GPU whose memory cannot hold the dense sums) the chunk's
+positive entries are found by one compiled pass over it, and compiled loops over those entries add the per-feature
+statistics and every co-active pair's co-count and co-moment (:mod:`featgraph.pair_sums`: L0·(L0 + 1)/2 updates a
+token, into a packed F × F triangle while it fits ``dense_bytes`` — 2 GiB or a quarter of the machine's memory —
+else into a hash table of the pairs kept, O(F + pairs kept) memory). On a GPU, while two F × F matrices (int64
+count + float64 moment) and one chunk's matmul products fit in ``DENSE_MEMORY_FRACTION`` (25 %) of the device's free
+memory, 28·F² bytes (or up to ``dense_limit`` features when that is given), everything stays on the device: the
+pair statistics are dense matrices updated by one matmul per chunk. ``co_count`` and ``co_moment`` are always
+returned as symmetric scipy CSR matrices (the diagonal holds each feature's own sums). Sums are float64; statistics
+of disjoint token sets add up (:meth:`CoactivationStats.merge`), and :meth:`CoactivationStats.all_reduce` combines
+ranks under torch.distributed.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CoactivationStats", "DENSE_MEMORY_FRACTION", "feature_max", "save_stats", "load_stats", "hist_edges", "sample_keys", "HIST_BINS"]
+from .pair_sums import DENSE_BYTES, PairSums, csr_of_nonzero, feature_pass, symmetric_csr
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CoactivationStats", "DENSE_MEMORY_FRACTION", "host_dense_bytes", "feature_max", "save_stats", "load_stats", "hist_edges", "sample_keys", "HIST_BINS"]
 
 HIST_LOW, HIST_DECADES, HIST_PER_DECADE = 1e-3, 7, 12
 """Histogram bins: 12 per decade from 10⁻³ to 10⁴, with one bin below (0, 10⁻³) and one above [10⁴, ∞)."""
@@ -132,16 +142,24 @@ class CoactivationStats:
         Non-zero activations kept per feature in the random sample (the quantile examples are drawn from it).
     seed : int
         Seed of the sample's keys (:func:`sample_keys`): the only randomness here.
+    store : {"auto", "triangle", "hash"}
+        Host pair store (:class:`featgraph.pair_sums.PairSums`): a packed F × F triangle (12·F(F+1)/2 bytes) or a
+        hash table of the pairs kept (34–69 bytes a pair); "auto": the triangle while it fits ``dense_bytes``.
+    dense_bytes : int or None
+        Bound of the triangle store; None: :func:`host_dense_bytes` (2 GiB or a quarter of the machine's memory,
+        whichever is smaller).
     """
 
     def __init__(
         self, n_features: int, threshold: float | np.ndarray = 0.0, top_m: int = 8, dense_limit: int | None = None, dense: bool | None = None,
-        dashboards: bool = True, sample: int = 32, seed: int = 0,
+        dashboards: bool = True, sample: int = 32, seed: int = 0, store: str = "auto", dense_bytes: int | None = None,
     ):
         F, M = n_features, top_m
         if sample < 1:
             raise ValueError(f"sample must be >= 1, got {sample}")
         self.n_features, self.top_m, self.dense_limit, self.dense = F, M, dense_limit, dense
+        if dense_bytes is None:
+            dense_bytes = host_dense_bytes()
         self.dashboards, self.sample, self.seed = dashboards, sample, seed
         self.threshold = np.asarray(threshold, dtype=np.float64)
         if self.threshold.ndim not in (0, 1) or (self.threshold.ndim == 1 and len(self.threshold) != F):
@@ -153,8 +171,11 @@ class CoactivationStats:
         self.max_F = np.zeros(F, dtype=np.float64)
         self.top_val_FM = np.full((F, M), -np.inf, dtype=np.float64)
         self.top_idx_FM = np.full((F, M), -1, dtype=np.int64)
-        self._count = None  # dense: torch (F, F) int64 on the chunks' device; sparse: scipy CSR
+        self.store, self.dense_bytes = store, dense_bytes
+        self._count = None  # the device path's torch (F, F) sums
         self._moment = None
+        self._pairs: PairSums | None = None  # the host path's pair sums (of the tokens added since _base)
+        self._base: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # pair statistics merged or loaded in
         self._csr: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
         # Dashboard statistics (hist_FB None and a zero-width buffer without ``dashboards``). The sample buffer holds up to 2·sample entries per
         # feature (filled slots first); when a row would overflow it is compacted to its ``sample`` smallest keys and
@@ -172,38 +193,80 @@ class CoactivationStats:
     # ---- accumulation ----------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, f_nF: torch.Tensor, token_index_n: torch.Tensor | None = None) -> None:
-        """Add a chunk of activations ``(n, F)`` (any device); ``token_index_n`` labels its tokens for contexts."""
+        """Add a chunk of activations ``(n, F)`` (any device); ``token_index_n`` labels its tokens for contexts.
+        Activations ≤ 0 are silent (what ReLU, TopK and JumpReLU codes give)."""
         n, F = f_nF.shape
         if F != self.n_features:
             raise ValueError(f"chunk has {F} features, stats were made for {self.n_features}")
         if token_index_n is None:
             token_index_n = torch.arange(self.n_tokens, self.n_tokens + n)
         f_nF = f_nF.float()
+        if self.dense is None:
+            self.dense = f_nF.is_cuda and (F <= self.dense_limit if self.dense_limit is not None else _dense_fits(F, f_nF.device))
+        if self.dense:
+            self._update_on_device(f_nF, token_index_n)
+        else:
+            if f_nF.is_cuda:  # the positive entries found on the device, the rest on the host
+                rows, cols = (f_nF > 0).nonzero(as_tuple=True)
+                vals = f_nF[rows, cols]
+                _check_finite_chunk(f_nF.sum(0).double().cpu().numpy())
+                rows, cols, vals = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy()
+                indptr = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+            else:
+                indptr, cols, vals, bad = csr_of_nonzero(f_nF.numpy())
+                if bad:  # before anything is added: a bad chunk leaves the statistics as they were
+                    _check_finite_chunk(f_nF.sum(0).double().numpy())
+            self.update_nonzero(indptr, cols, vals, token_index_n.cpu().numpy())
+            return
+        self._csr = None
+        self.n_tokens += n
+
+    def update_nonzero(self, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, token_index_n: np.ndarray | None = None) -> None:
+        """Add a chunk of n tokens given by its positive entries in CSR form (host arrays): ``indptr`` (n + 1,),
+        ``cols`` ascending within each row, ``vals`` (> 0, finite) — what :meth:`update` does after finding them,
+        for callers that already hold sparse codes (a TopK encoder's indices and values)."""
+        n = len(indptr) - 1
+        if token_index_n is None:
+            token_index_n = np.arange(self.n_tokens, self.n_tokens + n)
+        cols = np.ascontiguousarray(cols, dtype=np.int64)
+        vals = np.ascontiguousarray(vals, dtype=np.float32)
+        rows = np.repeat(np.arange(n), np.diff(indptr))
+        tidx = np.ascontiguousarray(token_index_n, dtype=np.int64)
+        feature_pass(rows, cols, vals, self.threshold, tidx, self.count_F, self.sum_F, self.sumsq_F, self.max_F,
+                     self.top_val_FM, self.top_idx_FM)
+        if self._pairs is None:
+            self._pairs = PairSums(self.n_features, self.store, self.dense_bytes)
+            log.debug("pair statistics of %d features in the %s store", self.n_features, self._pairs.store)
+        counted = None if (self.threshold.ndim == 0 and self.threshold == 0) else vals > (self.threshold if self.threshold.ndim == 0 else self.threshold[cols])
+        self._pairs.add(indptr, cols, vals, counted)
+        if self.dashboards:
+            self._update_dashboards(cols, vals, tidx[rows])
+        self._csr = None
+        self.n_tokens += n
+
+    def _update_on_device(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
+        """The dense path (a GPU while F × F sums fit): per-feature reductions and pair matmuls on the device."""
         f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
         chunk_sum_F = f64_nF.sum(0).cpu().numpy()
         _check_finite_chunk(chunk_sum_F)  # before anything is added: a bad chunk leaves the statistics as they were
         thr = torch.as_tensor(self.threshold, dtype=torch.float32, device=f_nF.device)
         active_nF = f_nF > thr
-        if self.dense is None:
-            self.dense = f_nF.is_cuda and (F <= self.dense_limit if self.dense_limit is not None else _dense_fits(F, f_nF.device))
-        nonzero = None  # (rows, cols, values) of the positive activations, on the host, found once per chunk
-        if self.dashboards or not self.dense:
-            rows, cols = (f_nF > 0).nonzero(as_tuple=True)
-            nonzero = (rows.cpu().numpy(), cols.cpu().numpy(), f_nF[rows, cols].cpu().numpy())
         self.count_F += active_nF.sum(0).cpu().numpy()
         self.sum_F += chunk_sum_F
         self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)
-        if self.dense:
-            self._update_pairs_dense(f64_nF, active_nF)
-        else:
-            self._update_pairs_sparse(nonzero, active_nF, n, self.threshold.ndim == 0 and self.threshold == 0)
+        if self._count is None:
+            F, dev = self.n_features, f64_nF.device
+            self._count = torch.zeros(F, F, dtype=torch.int64, device=dev)
+            self._moment = torch.zeros(F, F, dtype=torch.float64, device=dev)
+        b = active_nF.float()
+        self._count += (b.T @ b).round().long()  # exact: float32 holds integers up to 2^24 per chunk
+        self._moment += f64_nF.T @ f64_nF
         if self.dashboards:
-            rows, cols, vals = nonzero
-            self._update_dashboards(cols, vals, token_index_n.cpu().numpy()[rows])
-        self._csr = None
-        self.n_tokens += n
+            rows, cols = (f_nF > 0).nonzero(as_tuple=True)
+            self._update_dashboards(cols.cpu().numpy(), f_nF[rows, cols].cpu().numpy(), token_index_n.cpu().numpy()[rows.cpu().numpy()])
 
     def _update_top(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
         k = min(self.top_m, f_nF.shape[0])
@@ -212,27 +275,6 @@ class CoactivationStats:
         idx = np.concatenate([self.top_idx_FM, token_index_n.cpu().numpy()[rows_kF.T.cpu().numpy()]], axis=1)
         vals = np.where(vals > 0, vals, -np.inf)  # a silent token is not a top context
         self.top_val_FM, self.top_idx_FM = _top_m(vals, idx, self.top_m)
-
-    def _update_pairs_dense(self, f64_nF: torch.Tensor, active_nF: torch.Tensor) -> None:
-        if self._count is None:
-            F, dev = self.n_features, f64_nF.device
-            self._count = torch.zeros(F, F, dtype=torch.int64, device=dev)
-            self._moment = torch.zeros(F, F, dtype=torch.float64, device=dev)
-        b = active_nF.float()
-        self._count += (b.T @ b).round().long()  # exact: float32 holds integers up to 2^24 per chunk
-        self._moment += f64_nF.T @ f64_nF
-
-    def _update_pairs_sparse(self, nonzero: tuple[np.ndarray, np.ndarray, np.ndarray], active_nF: torch.Tensor, n: int,
-                             active_is_nonzero: bool) -> None:
-        F = self.n_features
-        rows, cols, vals = nonzero
-        X = sp.csr_matrix((vals.astype(np.float64), (rows, cols)), shape=(n, F))
-        if not active_is_nonzero:
-            rows, cols = (r.cpu().numpy() for r in active_nF.nonzero(as_tuple=True))
-        B = sp.csr_matrix((np.ones(len(rows), dtype=np.int64), (rows, cols)), shape=(n, F))
-        moment, count = (X.T @ X).tocsr(), (B.T @ B).tocsr()
-        self._moment = moment if self._moment is None else self._moment + moment
-        self._count = count if self._count is None else self._count + count
 
     def _update_dashboards(self, cols: np.ndarray, vals: np.ndarray, tidx: np.ndarray) -> None:
         """Histogram and bottom-k sample of the positive activations ``vals`` of features ``cols`` at tokens ``tidx``."""
@@ -275,13 +317,19 @@ class CoactivationStats:
     def _as_csr(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         if self._csr is None:
             F = self.n_features
-            if self._count is None:
-                self._csr = (sp.csr_matrix((F, F), dtype=np.int64), sp.csr_matrix((F, F), dtype=np.float64))
-            elif self.dense:
+            if self._count is not None:  # the device path
                 count, moment = self._count.cpu().numpy(), self._moment.cpu().numpy()
                 self._csr = (sp.csr_matrix(count), sp.csr_matrix(moment))
             else:
-                self._csr = (self._count.tocsr(), self._moment.tocsr())
+                parts = [] if self._pairs is None else [_symmetric(*self._pairs.to_coo(), F)]
+                if self._base is not None:
+                    parts.append(self._base)
+                if not parts:
+                    self._csr = (sp.csr_matrix((F, F), dtype=np.int64), sp.csr_matrix((F, F), dtype=np.float64))
+                elif len(parts) == 1:
+                    self._csr = parts[0]
+                else:
+                    self._csr = (_sorted(parts[0][0] + parts[1][0]), _sorted(parts[0][1] + parts[1][1]))
         return self._csr
 
     @property
@@ -333,7 +381,7 @@ class CoactivationStats:
 
     def _like(self) -> "CoactivationStats":
         return CoactivationStats(self.n_features, self.threshold, self.top_m, dense=False, dashboards=self.dashboards,
-                                 sample=self.sample, seed=self.seed)
+                                 sample=self.sample, seed=self.seed, store=self.store, dense_bytes=self.dense_bytes)
 
     def merge(self, other: "CoactivationStats") -> "CoactivationStats":
         """Statistics of the union of two disjoint token sets (exact, the sample too)."""
@@ -346,7 +394,7 @@ class CoactivationStats:
         out.top_val_FM, out.top_idx_FM = _top_m(
             np.concatenate([self.top_val_FM, other.top_val_FM], 1), np.concatenate([self.top_idx_FM, other.top_idx_FM], 1), self.top_m
         )
-        out._count, out._moment = self.co_count + other.co_count, self.co_moment + other.co_moment
+        out._base = (_sorted(self.co_count + other.co_count), _sorted(self.co_moment + other.co_moment))
         if self.dashboards:
             out.hist_FB = self.hist_FB + other.hist_FB
             out._merge_samples(self, other)
@@ -379,6 +427,31 @@ class CoactivationStats:
         for part in _gather_stats(self):
             total = part if total is None else total.merge(part)
         return total
+
+
+def host_dense_bytes() -> int:
+    """Bound of the host triangle store: :data:`featgraph.pair_sums.DENSE_BYTES` (2 GiB) or a quarter of the
+    machine's physical memory, whichever is smaller."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): the default bound alone
+        return DENSE_BYTES
+    return min(DENSE_BYTES, total // 4)
+
+
+def _symmetric(i: np.ndarray, j: np.ndarray, count: np.ndarray, moment: np.ndarray, F: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Symmetric (F, F) CSR co-count and co-moment from upper-triangle triples (i ≤ j, sorted); the co-count keeps only
+    non-zero counts (no stored zeros)."""
+    C = sp.csr_matrix(symmetric_csr(i, j, count.astype(np.int64, copy=False), count != 0, F), shape=(F, F), copy=False)
+    M = sp.csr_matrix(symmetric_csr(i, j, moment.astype(np.float64, copy=False), moment != 0, F), shape=(F, F), copy=False)
+    return C, M
+
+
+def _sorted(m: sp.csr_matrix) -> sp.csr_matrix:
+    m = m.tocsr()
+    if not m.has_sorted_indices:
+        m.sort_indices()
+    return m
 
 
 def _top_m(vals: np.ndarray, idx: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -442,8 +515,8 @@ def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
         p.top_idx_FM = fields["top_idx"][r].numpy().reshape(F, s.top_m)
         p.n_tokens = int(fields["n_tokens"][r].item())
         rows, cols = fields["rows"][r].numpy(), fields["cols"][r].numpy()
-        p._count = sp.csr_matrix((fields["counts"][r].numpy(), (rows, cols)), shape=(F, F))
-        p._moment = sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F))
+        p._base = (sp.csr_matrix((fields["counts"][r].numpy(), (rows, cols)), shape=(F, F)),
+                   sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F)))
         parts.append(p)
     return parts
 
@@ -502,7 +575,7 @@ def load_stats(folder) -> tuple[CoactivationStats, dict]:
     s.n_tokens = info["n_tokens"]
     s.count_F, s.sum_F, s.sumsq_F, s.max_F = a["count_F"], a["sum_F"], a["sumsq_F"], a["max_F"]
     s.top_val_FM, s.top_idx_FM = a["top_val_FM"], a["top_idx_FM"]
-    s._count = sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F))
-    s._moment = sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F))
+    s._base = (sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F)),
+               sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F)))
     extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold", "dashboards", "sample", "seed")}
     return s, extra

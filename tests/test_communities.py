@@ -254,7 +254,7 @@ def test_community_summaries_without_attributes_and_from_leiden():
     assert [s.size for s in summaries] == res.sizes
     assert all(s.hookpoints == [] and s.top_tokens == [] and s.top_contexts == [] for s in summaries)
     assert all(0 < s.density <= 1 and 0 < s.internal_fraction <= 1 for s in summaries)
-    assert sum(s.internal_weight for s in summaries) <= g.weights.sum()
+    assert sum(s.internal_weight for s in summaries) <= g.weights.sum() * (1 + 1e-12)  # the same weights, summed in another order
 
 
 # ---- errors -------------------------------------------------------------------------------------------------------

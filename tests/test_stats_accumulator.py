@@ -39,13 +39,14 @@ def _check(stats, C, M, M_in):
     assert c.has_sorted_indices and m.has_sorted_indices
 
 
+@pytest.mark.parametrize("store", ["triangle", "hash"])
 @pytest.mark.parametrize("read_between", [False, True])
 @pytest.mark.parametrize("thr", [0.0, 0.8, "per-feature"])
-def test_pair_sums_match_brute_force(read_between, thr):
+def test_pair_sums_match_brute_force(read_between, thr, store):
     F = 23
     chunks = _chunks(F, [5, 1, 17, 9, 30, 2], density=0.15, seed=int(read_between))
     thr = np.linspace(0.0, 1.5, F) if thr == "per-feature" else thr
-    s = CoactivationStats(F, thr, dashboards=False)
+    s = CoactivationStats(F, thr, dashboards=False, store=store)
     for c in chunks:
         s.update(c)
         if read_between:
@@ -113,24 +114,31 @@ def test_65536_features_few_tokens_stays_small():
     assert M[40_000, 0] == 2 and (M != M.T).nnz == 0
 
 
+@pytest.mark.parametrize("store", ["triangle", "hash"])
 @pytest.mark.parametrize("thr", [0.0, 0.6])
-def test_same_floats_as_per_chunk_scipy_running_sums(thr):
-    """The sums are taken per chunk, then chunk after chunk (scipy's X.T @ X of each chunk added to a running
-    sparse matrix): any replacement must give the same floats, not just close ones, and the same structure."""
+def test_same_numbers_as_per_chunk_scipy_running_sums(thr, store):
+    """Today's and yesterday's sums side by side: the same structure and co-counts as scipy's X.T @ X of each chunk
+    added to a running sparse matrix (the accumulator this replaced), and co-moments that are the sequential float64
+    sum in token order — bit for bit — which differs from the per-chunk partial sums by a few ulps at most."""
     import scipy.sparse as sp
 
     F = 29
     chunks = _chunks(F, [40, 3, 25, 60, 9, 33], density=0.25, seed=11)
-    s = CoactivationStats(F, thr, dashboards=False)
+    s = CoactivationStats(F, thr, dashboards=False, store=store)
     M = C = None
+    seq = np.zeros((F, F))
     for c in chunks:
         s.update(c)
         f = c.double().numpy()
         X, B = sp.csr_matrix(np.where(f > 0, f, 0.0)), sp.csr_matrix((f > thr).astype(np.int64))
         M = (X.T @ X).tocsr() if M is None else M + (X.T @ X).tocsr()
         C = (B.T @ B).tocsr() if C is None else C + (B.T @ B).tocsr()
+        for row in f:
+            seq += np.outer(row, row)  # one product per pair per token, added in token order
     M.sort_indices()
     C.sort_indices()
     for mine, ref in [(s.co_count, C), (s.co_moment, M)]:
         assert np.array_equal(mine.indptr, ref.indptr) and np.array_equal(mine.indices, ref.indices)
-        assert np.array_equal(mine.data, ref.data)
+    assert np.array_equal(s.co_count.data, C.data)
+    np.testing.assert_allclose(s.co_moment.data, M.data, rtol=1e-14, atol=0)
+    assert np.array_equal(s.co_moment.toarray(), seq)
