@@ -7,8 +7,9 @@ for exact pair statistics, done by one compiled loop (numba) over the chunk's CS
 temporary of pair keys. Two stores, one result (:meth:`PairSums.to_coo`):
 
 * ``"triangle"``: the packed upper triangle of an F × F matrix (int32 counts, promoted to int64 before they could
-  overflow, and float64 moments): 12·F(F + 1)/2 bytes — 1.6 GB at F = 16,384 — allocated lazily by the OS (pages
-  never touched cost nothing). The fastest store; chosen while it fits ``dense_bytes``.
+  overflow, and float64 moments): 12·F(F + 1)/2 bytes — 1.6 GB at F = 16,384 — mapped by the OS on first touch
+  (pages never touched cost nothing; a process's first 1.6 GB took 2–3 s to map on the loaded 2-core machine, ~0.2 s
+  when reused). The fastest store; chosen while it fits ``dense_bytes``.
 * ``"hash"``: an open-addressing hash table keyed by i·F + j (linear probing, int64 key + int64 count + float64
   moment per slot, grown ×2 when 70 % full): between 34 and 69 bytes per pair kept, whatever F is. Memory
   O(pairs kept); used above ``dense_bytes``.
@@ -301,7 +302,6 @@ class PairSums:
             T = F * (F + 1) // 2
             self._cnt = np.zeros(T, dtype=np.int32)  # np.zeros: pages are mapped on first touch
             self._mom = np.zeros(T, dtype=np.float64)
-            self._touched = False
             self._used = 0  # pairs stored (a non-zero moment)
         else:
             if capacity < 2 or capacity & (capacity - 1):
@@ -329,7 +329,6 @@ class PairSums:
         n = len(indptr) - 1
         F = self.n_features
         if self.store == "triangle":
-            self._touch()
             if self._cnt.dtype == np.int32 and self.n_tokens + n > np.iinfo(np.int32).max:
                 self._cnt = self._cnt.astype(np.int64)  # a pair count could pass 2³¹ − 1
             self._used += int(_k("_triangle_add")(indptr, cols, vals, counted, F, self._cnt, self._mom))
@@ -348,14 +347,6 @@ class PairSums:
                     self._grow(self._used + 1)
         self.n_tokens += n
 
-    def _touch(self) -> None:
-        """Map the triangle's pages in order before the first sums (~1 s for F = 16,384 on the 2-core machine, where
-        first touches in random order took ~4 s)."""
-        if not self._touched:
-            self._cnt.fill(0)
-            self._mom.fill(0)
-            self._touched = True
-
     def _grow(self, need: int) -> None:
         """Rehash into a table at least twice as large, with room for ``need`` used slots under the load bound."""
         cap = len(self._keys) * 2
@@ -373,7 +364,6 @@ class PairSums:
             raise ValueError("add_coo takes upper-triangle pairs (i <= j)")
         F = self.n_features
         if self.store == "triangle":
-            self._touch()
             k = i * F - i * (i + 1) // 2 + j
             if self._cnt.dtype == np.int32 and len(count) and int(np.max(count)) + self.n_tokens > np.iinfo(np.int32).max:
                 self._cnt = self._cnt.astype(np.int64)
@@ -392,8 +382,6 @@ class PairSums:
         moment float64)."""
         F = self.n_features
         if self.store == "triangle":
-            if not self._touched:
-                return tuple(np.zeros(0, dtype=d) for d in (np.int64, np.int64, np.int64, np.float64))
             n = self._used
             out = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n))
             if _k("_triangle_nonzero")(self._cnt, self._mom, F, *out) != n:

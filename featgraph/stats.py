@@ -15,17 +15,17 @@ feature pairs that ever fire together, never with tokens × features:
   chunking, the device or how tokens are split over ranks, so :meth:`CoactivationStats.merge` is exact. Quantile
   examples are drawn from it (:mod:`featgraph.dashboards`).
 
-Two accumulators, one result. On the host (any CPU, and a GPU whose memory cannot hold the dense sums) the chunk's
-positive entries are found by one compiled pass over it, and compiled loops over those entries add the per-feature
-statistics and every co-active pair's co-count and co-moment (:mod:`featgraph.pair_sums`: L0·(L0 + 1)/2 updates a
-token, into a packed F × F triangle while it fits ``dense_bytes`` — 2 GiB or a quarter of the machine's memory —
-else into a hash table of the pairs kept, O(F + pairs kept) memory). On a GPU, while two F × F matrices (int64
-count + float64 moment) and one chunk's matmul products fit in ``DENSE_MEMORY_FRACTION`` (25 %) of the device's free
-memory, 28·F² bytes (or up to ``dense_limit`` features when that is given), everything stays on the device: the
-pair statistics are dense matrices updated by one matmul per chunk. ``co_count`` and ``co_moment`` are always
-returned as symmetric scipy CSR matrices (the diagonal holds each feature's own sums). Sums are float64; statistics
-of disjoint token sets add up (:meth:`CoactivationStats.merge`), and :meth:`CoactivationStats.all_reduce` combines
-ranks under torch.distributed.
+Two accumulators, one result. On the host (any CPU, and a GPU whose memory cannot hold the triangle below) the
+chunk's positive entries are found by one compiled pass over it, and compiled loops over those entries add the
+per-feature statistics and every co-active pair's co-count and co-moment (:mod:`featgraph.pair_sums`: L0·(L0 + 1)/2
+updates a token, into a packed F × F triangle while it fits ``dense_bytes`` — 2 GiB or a quarter of the machine's
+memory — else into a hash table of the pairs kept, O(F + pairs kept) memory). On a GPU, while the same triangle with
+int64 counts, 8·F(F + 1) bytes, fits in ``DENSE_MEMORY_FRACTION`` (25 %) of the device's free memory (or up to
+``dense_limit`` features when that is given), everything stays on the device: per-feature reductions over the chunk,
+and the pairs scattered into the triangle (sorted keys and segment sums: deterministic). ``co_count`` and
+``co_moment`` are always returned as symmetric scipy CSR matrices (the diagonal holds each feature's own sums). Sums
+are float64; statistics of disjoint token sets add up (:meth:`CoactivationStats.merge`), and
+:meth:`CoactivationStats.all_reduce` combines ranks under torch.distributed.
 """
 
 from __future__ import annotations
@@ -105,17 +105,18 @@ def _check_finite_chunk(per_feature_F: np.ndarray) -> None:
 
 
 DENSE_MEMORY_FRACTION = 0.25
-"""Share of the device's free memory the dense GPU accumulator may take: 28·F² bytes (int64 + float64 sums and the
-float32 + float64 matmul products of one chunk)."""
+"""Share of the device's free memory the GPU pair triangle may take: 8·F(F+1) bytes (int64 counts + float64
+moments; 2.1 GB at F = 16,384, 34 GB at F = 65,536)."""
 
 
 def _dense_fits(F: int, device: torch.device, fraction: float = DENSE_MEMORY_FRACTION) -> bool:
-    """Whether the dense pair accumulator for F features fits in ``fraction`` of ``device``'s free memory."""
+    """Whether the device pair triangle for F features (int64 count + float64 moment, 8·F(F+1) bytes) fits in
+    ``fraction`` of ``device``'s free memory."""
     try:
         free, _ = torch.cuda.mem_get_info(device)
     except Exception:  # no answer from the CUDA runtime: the former fixed limit
         return F <= 4096
-    return 28 * F * F <= fraction * free
+    return 8 * F * (F + 1) <= fraction * free
 
 
 class CoactivationStats:
@@ -246,7 +247,8 @@ class CoactivationStats:
         self.n_tokens += n
 
     def _update_on_device(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
-        """The dense path (a GPU while F × F sums fit): per-feature reductions and pair matmuls on the device."""
+        """The device path (a GPU while the pair triangle fits): per-feature reductions over the dense chunk and the
+        pairs scattered into a triangle, all on the device; the host sees per-feature sums and dashboard entries."""
         f64_nF = f_nF.double()  # accumulate in float64 so shards add up to one pass
         chunk_sum_F = f64_nF.sum(0).cpu().numpy()
         _check_finite_chunk(chunk_sum_F)  # before anything is added: a bad chunk leaves the statistics as they were
@@ -257,16 +259,39 @@ class CoactivationStats:
         self.sumsq_F += f64_nF.pow(2).sum(0).cpu().numpy()
         self.max_F = np.maximum(self.max_F, f_nF.max(0).values.double().cpu().numpy())
         self._update_top(f_nF, token_index_n)
-        if self._count is None:
-            F, dev = self.n_features, f64_nF.device
-            self._count = torch.zeros(F, F, dtype=torch.int64, device=dev)
-            self._moment = torch.zeros(F, F, dtype=torch.float64, device=dev)
-        b = active_nF.float()
-        self._count += (b.T @ b).round().long()  # exact: float32 holds integers up to 2^24 per chunk
-        self._moment += f64_nF.T @ f64_nF
+        rows, cols = (f_nF > 0).nonzero(as_tuple=True)  # row-major: columns ascending within a row
+        vals = f_nF[rows, cols]
+        counted = None if (self.threshold.ndim == 0 and self.threshold == 0) else active_nF[rows, cols]
+        self._device_pairs(rows, cols, vals, counted, f_nF.shape[0])
         if self.dashboards:
-            rows, cols = (f_nF > 0).nonzero(as_tuple=True)
-            self._update_dashboards(cols.cpu().numpy(), f_nF[rows, cols].cpu().numpy(), token_index_n.cpu().numpy()[rows.cpu().numpy()])
+            self._update_dashboards(cols.cpu().numpy(), vals.cpu().numpy(), token_index_n.cpu().numpy()[rows.cpu().numpy()])
+
+    def _device_pairs(self, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, counted: torch.Tensor | None, n: int) -> None:
+        """Every pair of a token's positive entries (e ≤ e' within a row) scattered into the packed upper triangle on
+        the device (the layout of :class:`featgraph.pair_sums.PairSums`): the products summed per pair with a stable
+        sort and segment sums (deterministic, unlike atomic adds), the counts with ``index_add_`` (integers: exact)."""
+        F, dev = self.n_features, rows.device
+        if self._count is None:
+            T = F * (F + 1) // 2
+            self._count = torch.zeros(T, dtype=torch.int64, device=dev)
+            self._moment = torch.zeros(T, dtype=torch.float64, device=dev)
+        nnz = rows.numel()
+        if nnz == 0:
+            return
+        ends_n = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+        entry = torch.arange(nnz, device=dev)
+        length = ends_n[rows] - entry  # entry e pairs with e, ..., its row's last entry
+        first = torch.repeat_interleave(entry, length)
+        start = torch.cumsum(length, 0) - length
+        second = torch.arange(first.numel(), device=dev) - torch.repeat_interleave(start - entry, length)
+        i, j = cols[first], cols[second]
+        key = i * F - i * (i + 1) // 2 + j
+        prod = vals[first].double() * vals[second].double()
+        key, order = torch.sort(key, stable=True)  # equal keys keep token order
+        uniq, seg = torch.unique_consecutive(key, return_counts=True)
+        self._moment[uniq] += torch.segment_reduce(prod[order], "sum", lengths=seg)
+        both = torch.ones_like(first, dtype=torch.bool) if counted is None else counted[first] & counted[second]
+        self._count.index_add_(0, key[both[order]], torch.ones(int(both.sum()), dtype=torch.int64, device=dev))
 
     def _update_top(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
         k = min(self.top_m, f_nF.shape[0])
@@ -317,9 +342,11 @@ class CoactivationStats:
     def _as_csr(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         if self._csr is None:
             F = self.n_features
-            if self._count is not None:  # the device path
-                count, moment = self._count.cpu().numpy(), self._moment.cpu().numpy()
-                self._csr = (sp.csr_matrix(count), sp.csr_matrix(moment))
+            if self._count is not None:  # the device path: its triangle, read as the host store
+                tri = PairSums(F, "triangle", dense_bytes=0)
+                tri._cnt, tri._mom = self._count.cpu().numpy(), self._moment.cpu().numpy()
+                tri._used = int(np.count_nonzero(tri._mom))
+                self._csr = _symmetric(*tri.to_coo(), F)
             else:
                 parts = [] if self._pairs is None else [_symmetric(*self._pairs.to_coo(), F)]
                 if self._base is not None:

@@ -39,14 +39,17 @@ def _check(stats, C, M, M_in):
     assert c.has_sorted_indices and m.has_sorted_indices
 
 
-@pytest.mark.parametrize("store", ["triangle", "hash"])
+@pytest.mark.parametrize("store", ["triangle", "hash", "device"])
 @pytest.mark.parametrize("read_between", [False, True])
 @pytest.mark.parametrize("thr", [0.0, 0.8, "per-feature"])
 def test_pair_sums_match_brute_force(read_between, thr, store):
+    """Each accumulator — the host's two stores and the device path (the GPU's, run here on the CPU) — against brute
+    force."""
     F = 23
     chunks = _chunks(F, [5, 1, 17, 9, 30, 2], density=0.15, seed=int(read_between))
     thr = np.linspace(0.0, 1.5, F) if thr == "per-feature" else thr
-    s = CoactivationStats(F, thr, dashboards=False, store=store)
+    s = (CoactivationStats(F, thr, dashboards=False, dense=True) if store == "device"
+         else CoactivationStats(F, thr, dashboards=False, store=store))
     for c in chunks:
         s.update(c)
         if read_between:
