@@ -122,7 +122,7 @@ def _adjacent_pairs(
 def _adjacent_cofiring(stats: CoactivationStats, rank_F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs between adjacent layers that fire together at least once (M_ij = Σ f_i f_j > 0, whatever the
     activity rule), oriented earlier → later: (src, dst)."""
-    M = sp.triu(stats.co_moment, k=1).tocoo()
+    M = sp.triu(stats.upper()[1], k=1).tocoo()
     pos = M.data > 0
     i, j = M.row[pos].astype(np.int64), M.col[pos].astype(np.int64)
     flip = rank_F[i] > rank_F[j]

@@ -42,9 +42,7 @@ def pearson(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarra
 
 
 def _cocount(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    if len(i) == 0:
-        return np.zeros(0)
-    return np.asarray(stats.co_count[i, j]).ravel().astype(np.float64)
+    return stats.co_count_of(i, j).astype(np.float64)
 
 
 def jaccard(stats: CoactivationStats, i: np.ndarray, j: np.ndarray) -> np.ndarray:

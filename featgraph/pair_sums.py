@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PairSums", "DENSE_BYTES", "triangle_bytes", "csr_of_nonzero", "feature_pass", "symmetric_csr"]
+__all__ = ["PairSums", "DENSE_BYTES", "triangle_bytes", "csr_of_nonzero", "feature_pass"]
 
 DENSE_BYTES = 2 << 30
 """Default bound of the triangle store: 2 GiB (F ≤ 18,918 features); above it the hash store is used."""
@@ -137,34 +137,6 @@ def _triangle_nonzero(cnt, mom, F, out_i, out_j, out_c, out_m):
     return n
 
 
-def _symmetric_counts(i, j, keep, counts, low):
-    """Entries per row of the symmetric matrix (``counts``) and, of those, below the diagonal (``low``)."""
-    for p in range(len(i)):
-        if keep[p]:
-            counts[i[p]] += 1
-            if i[p] != j[p]:
-                counts[j[p]] += 1
-                low[j[p]] += 1
-
-
-def _symmetric_fill(i, j, data, keep, indptr, low, indices, out):
-    """Fill a symmetric CSR from upper-triangle triples sorted by (i, j): row r holds its lower entries (from pairs
-    (x, r), x < r, in x order) before its upper ones (pairs (r, y), y ≥ r), so every row comes out sorted."""
-    nxt_low = indptr[:-1].copy()
-    nxt_up = indptr[:-1] + low
-    for p in range(len(i)):
-        if not keep[p]:
-            continue
-        a, b = i[p], j[p]
-        indices[nxt_up[a]] = b
-        out[nxt_up[a]] = data[p]
-        nxt_up[a] += 1
-        if a != b:
-            indices[nxt_low[b]] = a
-            out[nxt_low[b]] = data[p]
-            nxt_low[b] += 1
-
-
 def _dense_nonzero(f_nF, counts_n):
     """Count the positive entries of each row (first pass of :func:`csr_of_nonzero`); returns how many entries are
     NaN or ±inf."""
@@ -227,7 +199,7 @@ def _k(name: str):
     if not _kernels:
         global _hash_slot_j
         _hash_slot_j = _jit(_hash_slot)
-        for fn in (_triangle_add, _triangle_nonzero, _symmetric_counts, _symmetric_fill, _hash_add, _hash_insert, _dense_nonzero, _dense_fill, _feature_pass):
+        for fn in (_triangle_add, _triangle_nonzero, _hash_add, _hash_insert, _dense_nonzero, _dense_fill, _feature_pass):
             _kernels[fn.__name__] = _jit(fn)
     return _kernels[name]
 
@@ -252,20 +224,6 @@ def csr_of_nonzero(f_nF: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     vals = np.empty(int(indptr[-1]), dtype=np.float32)
     _k("_dense_fill")(f_nF, indptr, cols, vals)
     return indptr, cols, vals, bad
-
-
-def symmetric_csr(i: np.ndarray, j: np.ndarray, data: np.ndarray, keep: np.ndarray, F: int):
-    """(data, indices, indptr) — scipy's CSR triple — of the symmetric (F, F) matrix with the kept upper-triangle triples (i ≤ j, sorted
-    by (i, j)) and their mirror images; indices sorted within each row. O(nnz), no sort."""
-    keep = np.ascontiguousarray(keep, dtype=np.bool_)
-    counts, low = np.zeros(F, dtype=np.int64), np.zeros(F, dtype=np.int64)
-    _k("_symmetric_counts")(i, j, keep, counts, low)
-    indptr = np.zeros(F + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]), dtype=np.int32 if F < 2**31 else np.int64)
-    out = np.empty(int(indptr[-1]), dtype=data.dtype)
-    _k("_symmetric_fill")(i, j, data, keep, indptr, low, indices, out)
-    return out, indices, indptr
 
 
 def feature_pass(rows, cols, vals, thr_F, tidx_n, count_F, sum_F, sumsq_F, max_F, top_val_FM, top_idx_FM) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .pair_sums import DENSE_BYTES, PairSums, csr_of_nonzero, feature_pass, symmetric_csr
+from .pair_sums import DENSE_BYTES, PairSums, csr_of_nonzero, feature_pass
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class CoactivationStats:
         self._moment = None
         self._pairs: PairSums | None = None  # the host path's pair sums (of the tokens added since _base)
         self._base: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # pair statistics merged or loaded in
+        self._upper: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # results, built on first read
         self._csr: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
         # Dashboard statistics (hist_FB None and a zero-width buffer without ``dashboards``). The sample buffer holds up to 2·sample entries per
         # feature (filled slots first); when a row would overflow it is compacted to its ``sample`` smallest keys and
@@ -220,7 +221,7 @@ class CoactivationStats:
                     _check_finite_chunk(f_nF.sum(0).double().numpy())
             self.update_nonzero(indptr, cols, vals, token_index_n.cpu().numpy())
             return
-        self._csr = None
+        self._csr = self._upper = None
         self.n_tokens += n
 
     def update_nonzero(self, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, token_index_n: np.ndarray | None = None) -> None:
@@ -243,7 +244,7 @@ class CoactivationStats:
         self._pairs.add(indptr, cols, vals, counted)
         if self.dashboards:
             self._update_dashboards(cols, vals, tidx[rows])
-        self._csr = None
+        self._csr = self._upper = None
         self.n_tokens += n
 
     def _update_on_device(self, f_nF: torch.Tensor, token_index_n: torch.Tensor) -> None:
@@ -339,35 +340,44 @@ class CoactivationStats:
         self.sample_kmax_F[feats] = np.where(self.sample_fill_F[feats] == R, kept_key.max(1), np.inf)
 
     # ---- results ---------------------------------------------------------------------------------
-    def _as_csr(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        if self._csr is None:
+    def upper(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(co-count, co-moment) as upper-triangle (F, F) CSR matrices, the diagonal included (what every reader
+        needs: the pairs are symmetric); the co-count stores only non-zero counts. Built in O(pairs), no sort."""
+        if self._upper is None:
             F = self.n_features
+            parts = []
             if self._count is not None:  # the device path: its triangle, read as the host store
                 tri = PairSums(F, "triangle", dense_bytes=0)
                 tri._cnt, tri._mom = self._count.cpu().numpy(), self._moment.cpu().numpy()
                 tri._used = int(np.count_nonzero(tri._mom))
-                self._csr = _symmetric(*tri.to_coo(), F)
+                parts.append(_upper_csr(*tri.to_coo(), F))
+            elif self._pairs is not None:
+                parts.append(_upper_csr(*self._pairs.to_coo(), F))
+            if self._base is not None:
+                parts.append(self._base)
+            if not parts:
+                self._upper = (sp.csr_matrix((F, F), dtype=np.int64), sp.csr_matrix((F, F), dtype=np.float64))
+            elif len(parts) == 1:
+                self._upper = parts[0]
             else:
-                parts = [] if self._pairs is None else [_symmetric(*self._pairs.to_coo(), F)]
-                if self._base is not None:
-                    parts.append(self._base)
-                if not parts:
-                    self._csr = (sp.csr_matrix((F, F), dtype=np.int64), sp.csr_matrix((F, F), dtype=np.float64))
-                elif len(parts) == 1:
-                    self._csr = parts[0]
-                else:
-                    self._csr = (_sorted(parts[0][0] + parts[1][0]), _sorted(parts[0][1] + parts[1][1]))
+                self._upper = (_sorted(parts[0][0] + parts[1][0]), _sorted(parts[0][1] + parts[1][1]))
+        return self._upper
+
+    def _symmetric(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        if self._csr is None:
+            self._csr = tuple(_sorted(U + sp.triu(U, k=1).T) for U in self.upper())
         return self._csr
 
     @property
     def co_count(self) -> sp.csr_matrix:
-        """C_ij, symmetric (F, F) CSR; the diagonal holds n_i."""
-        return self._as_csr()[0]
+        """C_ij, symmetric (F, F) CSR; the diagonal holds n_i. Built from :meth:`upper` on first use (readers that
+        need only pairs use :meth:`pairs` and :meth:`co_count_of`, which skip it)."""
+        return self._symmetric()[0]
 
     @property
     def co_moment(self) -> sp.csr_matrix:
         """M_ij = Σ_t f_i f_j, symmetric (F, F) CSR."""
-        return self._as_csr()[1]
+        return self._symmetric()[1]
 
     @property
     def frequency_F(self) -> np.ndarray:
@@ -389,16 +399,18 @@ class CoactivationStats:
         return self.sample_val_FC[feature, :fill][order].astype(np.float64), idx[order], key[order]
 
     def pairs(self, min_cocount: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Upper-triangle pairs (i < j) with co-count ≥ ``min_cocount``: (i, j, C_ij)."""
-        C = sp.triu(self.co_count, k=1).tocoo()
+        """Upper-triangle pairs (i < j) with co-count ≥ ``min_cocount``: (i, j, C_ij), sorted by (i, j)."""
+        C = sp.triu(self.upper()[0], k=1).tocoo()
         keep = C.data >= min_cocount
         return C.row[keep].astype(np.int64), C.col[keep].astype(np.int64), C.data[keep].astype(np.int64)
 
     def co_moment_of(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """M_ij for arrays of pairs."""
-        if len(i) == 0:
-            return np.zeros(0)
-        return np.asarray(self.co_moment[i, j]).ravel()
+        """M_ij for arrays of pairs (either order)."""
+        return _lookup(self.upper()[1], i, j).astype(np.float64)
+
+    def co_count_of(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """C_ij for arrays of pairs (either order), int64."""
+        return _lookup(self.upper()[0], i, j).astype(np.int64)
 
     # ---- combining -------------------------------------------------------------------------------
     def _check_compatible(self, other: "CoactivationStats") -> None:
@@ -421,7 +433,8 @@ class CoactivationStats:
         out.top_val_FM, out.top_idx_FM = _top_m(
             np.concatenate([self.top_val_FM, other.top_val_FM], 1), np.concatenate([self.top_idx_FM, other.top_idx_FM], 1), self.top_m
         )
-        out._base = (_sorted(self.co_count + other.co_count), _sorted(self.co_moment + other.co_moment))
+        (c1, m1), (c2, m2) = self.upper(), other.upper()
+        out._base = (_sorted(c1 + c2), _sorted(m1 + m2))
         if self.dashboards:
             out.hist_FB = self.hist_FB + other.hist_FB
             out._merge_samples(self, other)
@@ -466,12 +479,31 @@ def host_dense_bytes() -> int:
     return min(DENSE_BYTES, total // 4)
 
 
-def _symmetric(i: np.ndarray, j: np.ndarray, count: np.ndarray, moment: np.ndarray, F: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Symmetric (F, F) CSR co-count and co-moment from upper-triangle triples (i ≤ j, sorted); the co-count keeps only
-    non-zero counts (no stored zeros)."""
-    C = sp.csr_matrix(symmetric_csr(i, j, count.astype(np.int64, copy=False), count != 0, F), shape=(F, F), copy=False)
-    M = sp.csr_matrix(symmetric_csr(i, j, moment.astype(np.float64, copy=False), moment != 0, F), shape=(F, F), copy=False)
-    return C, M
+def _upper_csr(i: np.ndarray, j: np.ndarray, count: np.ndarray, moment: np.ndarray, F: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Upper-triangle (F, F) CSR co-count and co-moment from triples sorted by (i, j), i ≤ j; the co-count keeps only
+    non-zero counts (no stored zeros). O(pairs): the triples are already in CSR order."""
+
+    def build(keep, data):
+        r = i if keep is None else i[keep]
+        indptr = np.zeros(F + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=F), out=indptr[1:])
+        cols = (j if keep is None else j[keep]).astype(np.int32 if F < 2**31 else np.int64)
+        m = sp.csr_matrix(((data if keep is None else data[keep]), cols, indptr), shape=(F, F))
+        m.has_sorted_indices = True
+        return m
+
+    nz = count != 0
+    return build(None if nz.all() else nz, count.astype(np.int64, copy=False)), build(None, moment.astype(np.float64, copy=False))
+
+
+def _lookup(U: sp.csr_matrix, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """U[min(i, j), max(i, j)] for arrays of pairs, from an upper-triangle CSR with sorted indices (a binary search
+    in each pair's row)."""
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    if len(i) == 0:
+        return np.zeros(0, dtype=U.dtype)
+    a, b = np.minimum(i, j), np.maximum(i, j)
+    return np.asarray(U[a, b]).ravel()
 
 
 def _sorted(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -506,7 +538,7 @@ def _all_gather_1d(t: torch.Tensor) -> list[torch.Tensor]:
 def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
     """Every rank's statistics, rebuilt from gathered tensors (in rank order)."""
     F = s.n_features
-    C, M = s.co_count.tocoo(), s.co_moment.tocoo()
+    C, M = (U.tocoo() for U in s.upper())
     per_feature = torch.from_numpy(np.concatenate([s.count_F.astype(np.float64), s.sum_F, s.sumsq_F, s.max_F, s.top_val_FM.ravel()]))
     fields = {
         "per_feature": _all_gather_1d(per_feature),
@@ -542,8 +574,8 @@ def _gather_stats(s: CoactivationStats) -> list[CoactivationStats]:
         p.top_idx_FM = fields["top_idx"][r].numpy().reshape(F, s.top_m)
         p.n_tokens = int(fields["n_tokens"][r].item())
         rows, cols = fields["rows"][r].numpy(), fields["cols"][r].numpy()
-        p._base = (sp.csr_matrix((fields["counts"][r].numpy(), (rows, cols)), shape=(F, F)),
-                   sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F)))
+        p._base = (_sorted(sp.csr_matrix((fields["counts"][r].numpy(), (rows, cols)), shape=(F, F))),
+                   _sorted(sp.csr_matrix((fields["moments"][r].numpy(), (fields["m_rows"][r].numpy(), fields["m_cols"][r].numpy())), shape=(F, F))))
         parts.append(p)
     return parts
 
@@ -557,7 +589,7 @@ def save_stats(stats: CoactivationStats, folder, meta: dict | None = None) -> No
 
     from crosscoder.io import atomic_file
 
-    C, M = stats.co_count.tocoo(), stats.co_moment.tocoo()
+    C, M = (U.tocoo() for U in stats.upper())  # the upper triangle: half the pairs of the symmetric matrices
     arrays = {
         "count_F": stats.count_F, "sum_F": stats.sum_F, "sumsq_F": stats.sumsq_F, "max_F": stats.max_F,
         "top_val_FM": stats.top_val_FM, "top_idx_FM": stats.top_idx_FM, "threshold": np.atleast_1d(stats.threshold),
@@ -573,7 +605,7 @@ def save_stats(stats: CoactivationStats, folder, meta: dict | None = None) -> No
         save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp))
     info = {"n_features": stats.n_features, "top_m": stats.top_m, "n_tokens": stats.n_tokens,
             "scalar_threshold": stats.threshold.ndim == 0, "dashboards": stats.dashboards, "sample": stats.sample,
-            "seed": stats.seed, **(meta or {})}
+            "seed": stats.seed, "pairs": "upper", **(meta or {})}
     with atomic_file(folder / "stats.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2))
 
@@ -602,7 +634,8 @@ def load_stats(folder) -> tuple[CoactivationStats, dict]:
     s.n_tokens = info["n_tokens"]
     s.count_F, s.sum_F, s.sumsq_F, s.max_F = a["count_F"], a["sum_F"], a["sumsq_F"], a["max_F"]
     s.top_val_FM, s.top_idx_FM = a["top_val_FM"], a["top_idx_FM"]
-    s._base = (sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F)),
-               sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F)))
-    extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold", "dashboards", "sample", "seed")}
+    tri = (lambda m: m) if info.get("pairs") == "upper" else (lambda m: sp.triu(m).tocsr())  # older files: symmetric
+    s._base = (_sorted(tri(sp.csr_matrix((a["c_val"], (a["c_row"], a["c_col"])), shape=(F, F)))),
+               _sorted(tri(sp.csr_matrix((a["m_val"], (a["m_row"], a["m_col"])), shape=(F, F)))))
+    extra = {k: v for k, v in info.items() if k not in ("n_features", "top_m", "n_tokens", "scalar_threshold", "dashboards", "sample", "seed", "pairs")}
     return s, extra

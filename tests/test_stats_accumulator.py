@@ -145,3 +145,31 @@ def test_same_numbers_as_per_chunk_scipy_running_sums(thr, store):
     assert np.array_equal(s.co_count.data, C.data)
     np.testing.assert_allclose(s.co_moment.data, M.data, rtol=1e-14, atol=0)
     assert np.array_equal(s.co_moment.toarray(), seq)
+
+
+def test_statistics_saved_before_upper_triangle_files_still_load(tmp_path):
+    """Files written before the upper-triangle format held the symmetric matrices and no "pairs" key: same result."""
+    import json
+
+    import scipy.sparse as sp
+    from safetensors.numpy import load_file, save_file
+
+    F = 13
+    s = CoactivationStats(F, 0.3, dashboards=False)
+    for c in _chunks(F, [20, 9], density=0.3, seed=2):
+        s.update(c)
+    save_stats(s, tmp_path)
+    a = load_file(str(tmp_path / "stats.safetensors"))
+    C, M = s.co_count.tocoo(), s.co_moment.tocoo()  # what the old writer stored
+    a.update({"c_row": C.row.astype(np.int64), "c_col": C.col.astype(np.int64), "c_val": C.data.astype(np.int64),
+              "m_row": M.row.astype(np.int64), "m_col": M.col.astype(np.int64), "m_val": M.data})
+    save_file(a, str(tmp_path / "stats.safetensors"))
+    info = json.loads((tmp_path / "stats.json").read_text())
+    del info["pairs"]
+    (tmp_path / "stats.json").write_text(json.dumps(info))
+    old, extra = load_stats(tmp_path)
+    assert "pairs" not in extra
+    assert (old.co_count != s.co_count).nnz == 0 and (old.co_moment != s.co_moment).nnz == 0
+    i, j, c = s.pairs()
+    assert np.array_equal(old.co_count_of(j, i), c) and np.array_equal(old.co_moment_of(i, j), s.co_moment_of(j, i))
+    assert sp.issparse(old.upper()[0]) and old.upper()[0].nnz == sp.triu(s.co_count).nnz
