@@ -137,33 +137,30 @@ def _triangle_nonzero(cnt, mom, F, out_i, out_j, out_c, out_m):
     return n
 
 
-def _dense_nonzero(f_nF, counts_n):
-    """Count the positive entries of each row (first pass of :func:`csr_of_nonzero`); returns how many entries are
-    NaN or ±inf."""
+def _dense_collect(f_nF, r0, p0, indptr, cols, vals):
+    """Collect the positive entries of rows r0, r0 + 1, … of a dense array into ``cols``/``vals`` from position p0,
+    until they are full; returns (first row not collected, entries written in all, NaN/±inf entries seen). One pass,
+    no temporaries: a row that does not fit is left whole for the next call."""
     n, F = f_nF.shape
+    room = len(cols)
+    p = p0
     bad = 0
-    for r in range(n):
-        c = 0
+    for r in range(r0, n):
+        start = p
+        row_bad = 0
         for j in range(F):
             v = f_nF[r, j]
             if v > 0:
-                c += 1
-            if v - v != 0:  # NaN or ±inf
-                bad += 1
-        counts_n[r] = c
-    return bad
-
-
-def _dense_fill(f_nF, indptr, cols, vals):
-    n, F = f_nF.shape
-    for r in range(n):
-        p = indptr[r]
-        for j in range(F):
-            v = f_nF[r, j]
-            if v > 0:
+                if p == room:
+                    return r, start, bad
                 cols[p] = j
                 vals[p] = v
                 p += 1
+            if v - v != 0:  # NaN or ±inf
+                row_bad += 1
+        indptr[r + 1] = p
+        bad += row_bad
+    return n, p, bad
 
 
 def _feature_pass(rows, cols, vals, thr_F, tidx_n, count_F, sum_F, sumsq_F, max_F, top_val_FM, top_idx_FM):
@@ -199,7 +196,7 @@ def _k(name: str):
     if not _kernels:
         global _hash_slot_j
         _hash_slot_j = _jit(_hash_slot)
-        for fn in (_triangle_add, _triangle_nonzero, _hash_add, _hash_insert, _dense_nonzero, _dense_fill, _feature_pass):
+        for fn in (_triangle_add, _triangle_nonzero, _hash_add, _hash_insert, _dense_collect, _feature_pass):
             _kernels[fn.__name__] = _jit(fn)
     return _kernels[name]
 
@@ -210,20 +207,23 @@ _hash_slot_j = None
 # ---- public helpers -------------------------------------------------------------------------------------------------
 
 
-def csr_of_nonzero(f_nF: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def csr_of_nonzero(f_nF: np.ndarray, capacity: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(indptr, cols, values, non-finite count) of the positive entries of a dense (n, F) float32 array, row-major with
-    columns ascending: two compiled passes, no (n, F) temporary. The last item counts NaN/±inf entries (the caller
-    decides what to do with them; they are not among the entries, except +inf)."""
+    columns ascending: one compiled pass, no (n, F) temporary (``capacity``: the entries expected, e.g. the last
+    chunk's; the output grows when they are more). The last item counts NaN/±inf entries (the caller decides what to
+    do with them; they are not among the entries, except +inf)."""
     f_nF = np.ascontiguousarray(f_nF, dtype=np.float32)
     n = f_nF.shape[0]
-    counts = np.zeros(n, dtype=np.int64)
-    bad = int(_k("_dense_nonzero")(f_nF, counts))
     indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    cols = np.empty(int(indptr[-1]), dtype=np.int64)
-    vals = np.empty(int(indptr[-1]), dtype=np.float32)
-    _k("_dense_fill")(f_nF, indptr, cols, vals)
-    return indptr, cols, vals, bad
+    cap = max(int(capacity), 64 * n, 1024)
+    cols, vals = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.float32)
+    r, p, bad = _k("_dense_collect")(f_nF, 0, 0, indptr, cols, vals)
+    while r < n:  # full: double the room and go on from the row that did not fit
+        cap *= 2
+        cols, vals = np.resize(cols, cap), np.resize(vals, cap)
+        r, p, more = _k("_dense_collect")(f_nF, r, p, indptr, cols, vals)
+        bad += more
+    return indptr, cols[:p], vals[:p], int(bad)
 
 
 def feature_pass(rows, cols, vals, thr_F, tidx_n, count_F, sum_F, sumsq_F, max_F, top_val_FM, top_idx_FM) -> None:

@@ -178,6 +178,7 @@ class CoactivationStats:
         self._pairs: PairSums | None = None  # the host path's pair sums (of the tokens added since _base)
         self._base: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # pair statistics merged or loaded in
         self._upper: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # results, built on first read
+        self._last_nnz = 0  # positive entries of the last dense chunk: the next one's first guess
         self._csr: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
         # Dashboard statistics (hist_FB None and a zero-width buffer without ``dashboards``). The sample buffer holds up to 2·sample entries per
         # feature (filled slots first); when a row would overflow it is compacted to its ``sample`` smallest keys and
@@ -216,7 +217,8 @@ class CoactivationStats:
                 indptr = np.zeros(n + 1, dtype=np.int64)
                 np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
             else:
-                indptr, cols, vals, bad = csr_of_nonzero(f_nF.numpy())
+                indptr, cols, vals, bad = csr_of_nonzero(f_nF.numpy(), capacity=self._last_nnz + self._last_nnz // 4)
+                self._last_nnz = len(cols)
                 if bad:  # before anything is added: a bad chunk leaves the statistics as they were
                     _check_finite_chunk(f_nF.sum(0).double().numpy())
             self.update_nonzero(indptr, cols, vals, token_index_n.cpu().numpy())

@@ -79,6 +79,16 @@ def test_csr_of_nonzero_skips_silent_entries_and_counts_non_finite():
     assert vals[:3].tolist() == [2.0, 0.5, 1.0] and np.isinf(vals[3])
 
 
+def test_csr_of_nonzero_grows_its_output_mid_chunk():
+    rng = np.random.default_rng(4)
+    f = np.where(rng.random((300, 200)) < 0.5, rng.random((300, 200)) + 0.1, 0.0).astype(np.float32)
+    f[250, 3] = np.nan  # counted once, although the pass restarts the row that did not fit
+    indptr, cols, vals, bad = csr_of_nonzero(f)  # ~100 entries a row: more than the first guess of 64 a row
+    r, c = np.nonzero(f > 0)
+    assert np.array_equal(cols, c) and np.array_equal(vals, f[r, c]) and bad == 1
+    assert np.array_equal(np.repeat(np.arange(300), np.diff(indptr)), r)
+
+
 def test_feature_pass_keeps_the_top_m_and_ties_keep_the_earlier_token():
     F, M = 3, 2
     rows, cols = np.array([0, 0, 1, 2, 3]), np.array([0, 2, 0, 0, 0])
