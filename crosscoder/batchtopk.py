@@ -17,6 +17,10 @@ SAELens (one hookpoint): exported as SAELens ``jumprelu`` with threshold_i = θ 
 (its inference rule, as SAELens saves its own BatchTopK SAEs); imported from SAELens ``batchtopk`` checkpoints with
 ``rescale_acts_by_decoder_norm`` and from ``jumprelu`` SAEs trained as BatchTopK whose θ_i·n_i is one constant
 (:meth:`BatchTopKCrosscoder.from_saelens`).
+
+Training on the CPU at scale takes the sparse path (:meth:`BatchTopKCrosscoder.uses_sparse_kernels`,
+:mod:`crosscoder.sparse_ops`): the batch top-k is found a block of rows at a time, and decoding, AuxK and every
+gradient touch only the kept entries, not all B·F. It gives the dense path's numbers to float rounding.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ import torch.distributed as dist
 from .config import CrosscoderConfig
 from .crosscoder import Crosscoder, LossOutput, SAELensImport, SAELensSAE
 from .errors import FeatgraphError
+from .sparse_ops import SparseCode, batch_topk_select, gather_preactivations, sparse_decode
 
 __all__ = ["BatchTopKCrosscoder", "BatchTopKOptions"]
 
 NEVER = torch.finfo(torch.float32).max  # SAELens threshold of a latent that can never fire
 TINY = torch.finfo(torch.float32).tiny
 REL_TOL = 1e-5  # how far θ_i·n_i may vary across latents and still count as one θ
+SPARSE_MIN_RATIO = 8  # auto (CPU): the sparse kernels when F ≥ this · k ...
+SPARSE_MIN_WORK = 1 << 24  # ... and the batch's encoder matmul has at least this many multiply-adds
 
 
 @dataclass
@@ -97,13 +104,15 @@ class BatchTopKCrosscoder(Crosscoder):
         return torch.relu(pre_BF) * (self._scores(pre_BF) > self.threshold)
 
     @torch.no_grad()
-    def _update_threshold(self, pre_BF: torch.Tensor, f_BF: torch.Tensor) -> None:
-        kept = self._scores(pre_BF)[f_BF > 0]
-        if kept.numel() == 0:
-            return
-        low = kept.min()
+    def _update_threshold(self, low: torch.Tensor) -> None:
+        """θ ← EMA of ``low``, the smallest score kept in this batch (θ = low the first time)."""
         decay = self.opts.threshold_ema
         self.threshold.copy_(low if self.threshold < 0 else decay * self.threshold + (1 - decay) * low)
+
+    def _aux_ratio(self, e_BLD: torch.Tensor, e_hat_BLD: torch.Tensor) -> torch.Tensor:
+        """‖e − ê_dead‖² / ‖e − ē‖² (e detached)."""
+        denom = (e_BLD - e_BLD.mean(dim=0)).pow(2).sum().clamp_min(1e-8)
+        return (e_BLD - e_hat_BLD).pow(2).sum() / denom
 
     def aux_loss(self, x_BLD: torch.Tensor, x_hat_BLD: torch.Tensor, pre_BF: torch.Tensor) -> torch.Tensor:
         """AuxK: how much of the residual the dead latents can explain (0 when none are dead)."""
@@ -115,21 +124,72 @@ class BatchTopKCrosscoder(Crosscoder):
         pre_dead_BF = torch.where(dead_F, torch.relu(pre_BF), torch.zeros_like(pre_BF))
         top = pre_dead_BF.topk(min(self.opts.aux_k, n_dead), dim=1)
         f_aux_BF = torch.zeros_like(pre_BF).scatter(1, top.indices, top.values)
-        e_hat_BLD = torch.einsum("bf,fld->bld", f_aux_BF, self.W_dec_FLD)
-        denom = (e_BLD - e_BLD.mean(dim=0)).pow(2).sum().clamp_min(1e-8)
-        return (e_BLD - e_hat_BLD).pow(2).sum() / denom
+        return self._aux_ratio(e_BLD, torch.einsum("bf,fld->bld", f_aux_BF, self.W_dec_FLD))
+
+    def uses_sparse_kernels(self, batch_size: int) -> bool:
+        """Whether :meth:`loss` takes the sparse path on a batch of this size: ``sparse_kernels`` on, or auto on the
+        CPU with F ≥ 8·k and B·F·(L_in·D) ≥ 2²⁴ encoder multiply-adds. There the gathers beat the dense matmuls from
+        F ≈ 4·k (1.5x at F = 8·k, 4x at F = 512·k for B = 1,024, L·D = 640; analyses/bench_train.py), while on
+        smaller batches the dense path's fewer, larger ops win; on other devices auto stays dense (not measured)."""
+        if self.sparse_kernels != "auto":
+            return self.sparse_kernels == "on"
+        F = self.cfg.n_features
+        work = batch_size * F * len(self.cfg.reads) * self.cfg.d_model
+        return self.b_enc_F.device.type == "cpu" and self.opts.k * SPARSE_MIN_RATIO <= F and work >= SPARSE_MIN_WORK
 
     def loss(self, x_BLD: torch.Tensor, sparsity_coeff: float) -> LossOutput:
-        """λ is unused: sparsity is fixed by k; the auxiliary term is α·AuxK."""
+        """λ is unused: sparsity is fixed by k; the auxiliary term is α·AuxK. Dense matmuls or the sparse kernels
+        (:meth:`uses_sparse_kernels`); the two agree to float rounding."""
+        if self.uses_sparse_kernels(x_BLD.shape[0]):
+            return self._sparse_loss(x_BLD)
         pre_BF = self.pre_activations(x_BLD, normalised=True)
         f_BF = self.batch_topk(pre_BF)
         x_hat_BLD = self.decode(f_BF, normalised=True)
         mse = self.mse(x_BLD, x_hat_BLD)
         aux = self.aux_loss(x_BLD, x_hat_BLD, pre_BF)
         if self.training:
-            self._update_threshold(pre_BF, f_BF)
+            with torch.no_grad():
+                kept = self._scores(pre_BF)[f_BF > 0]
+            if kept.numel():
+                self._update_threshold(kept.min())
         l0 = (f_BF > 0).float().sum(dim=1).mean()
         return LossOutput(mse + self.opts.aux_alpha * aux, mse, aux, l0, f_BF)
+
+    def _sparse_loss(self, x_BLD: torch.Tensor) -> LossOutput:
+        """:meth:`loss` through :mod:`crosscoder.sparse_ops`: the batch top-k is chosen a block of rows at a time and
+        decoding, AuxK and every gradient touch only the kept entries (plus AuxK's)."""
+        B, F = x_BLD.shape[0], self.cfg.n_features
+        x_in_BLD = x_BLD if self.same_io else x_BLD[:, self.in_idx]
+        dead_F = self.dead_mask()
+        n_dead = int(dead_F.sum())
+        x_BI, W_enc_IF = x_in_BLD.reshape(B, -1), self.W_enc_LDF.flatten(0, 1)
+        b_enc_F, W_IF = self.b_enc_F.detach(), W_enc_IF.detach()
+
+        def pre_fn(rows: slice | torch.Tensor) -> torch.Tensor:  # x W_enc + b_enc on some rows, without copying W_enc
+            return torch.addmm(b_enc_F, x_BI[rows], W_IF)
+
+        with torch.no_grad():
+            norms_F = self.feature_norms()
+        sel = batch_topk_select(pre_fn, B, norms_F, n_keep=self.opts.k * B, m=2 * self.opts.k, dead_F=dead_F,
+                                aux_k=min(self.opts.aux_k, n_dead))
+        n_main = sel.row_N.numel()
+        pre_N = gather_preactivations(
+            x_BI, W_enc_IF, self.b_enc_F, torch.cat([sel.row_N, sel.aux.row_N]), torch.cat([sel.feat_N, sel.aux.feat_N]),
+            torch.cat([sel.pre_N, sel.aux.val_N]),
+        )  # kept entries, then AuxK's; their ReLU is the identity (all > 0)
+        code = SparseCode(sel.row_N, sel.feat_N, pre_N[:n_main], B, F)
+        W_dec_FO = self.W_dec_FLD.flatten(1)
+        x_hat_BLD = sparse_decode(code, W_dec_FO).view(B, *self.b_dec_LD.shape) + self.b_dec_LD
+        mse = self.mse(x_BLD, x_hat_BLD)
+        aux = x_BLD.new_zeros(())
+        if n_dead:
+            e_BLD = (self.targets(x_BLD) - x_hat_BLD).detach()
+            e_hat_BLD = sparse_decode(sel.aux._replace(val_N=pre_N[n_main:]), W_dec_FO).view_as(e_BLD)
+            aux = self._aux_ratio(e_BLD, e_hat_BLD)
+        if self.training and n_main:
+            self._update_threshold(sel.score_N.min())
+        l0 = torch.tensor(float(n_main), device=x_BLD.device) / B
+        return LossOutput(mse + self.opts.aux_alpha * aux, mse, aux, l0, code.to_dense())
 
     @torch.no_grad()
     def sync_distributed(self) -> None:

@@ -389,6 +389,9 @@ class TrainConfig:
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: ``auto`` = bf16 autocast on CUDA and none on the CPU; ``bf16`` forces it on any device.
     Weights and Adam's state stay fp32 either way."""
+    sparse_kernels: Literal["auto", "on", "off"] = "auto"
+    """Top-k codes (batchtopk) decode and back-propagate through their kept entries only; ``auto`` does so on the CPU
+    when n_features ≥ 8·k and the batch is large, ``off`` keeps the dense matmuls (same results to float rounding)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the run (e.g. the data it saw)."""
 
@@ -405,6 +408,8 @@ class TrainConfig:
                 raise FeatgraphError(f"{name} must lie in [0, 1], got {v}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise FeatgraphError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
+        if self.sparse_kernels not in ("auto", "on", "off"):
+            raise FeatgraphError(f"sparse_kernels must be auto, on or off, got {self.sparse_kernels!r}")
         if self.lr_warmup_frac + self.lr_decay_frac > 1.0:
             raise FeatgraphError("lr_warmup_frac + lr_decay_frac must be <= 1")
         if not self.grad_clip >= 0:
@@ -451,7 +456,9 @@ class FitConfig:
     scored, as SAELens) or ``keep_bos`` (BOS kept clean, every position scored)."""
     activation_cache: Path | None = None
     """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted) and
-    train from it instead of running the model during training (one model, one process)."""
+    train from it instead of running the model (one model; under torchrun the ranks read a cache written beforehand)."""
+    prefetch: bool = True
+    """Harvest the buffer's next refill on a background thread while training reads the current one (same batches)."""
     checkpoint_every: int = 0
     """Steps between training checkpoints (0: none); they go to ``<out>.ckpt/``."""
     resume: bool = False

@@ -83,6 +83,9 @@ class Crosscoder(nn.Module):
     letters (``{"jumprelu": {"threshold": "F"}}``); :meth:`from_saelens` decides for each SAE."""
     saelens_precedence: ClassVar[int] = 0
     """Among architectures that can hold the same SAELens SAE, the highest tries first."""
+    sparse_kernels: str = "auto"
+    """``auto``, ``on`` or ``off``: whether :meth:`loss` uses the architecture's sparse kernels
+    (:mod:`crosscoder.sparse_ops`), if it has any; training sets it from :attr:`TrainConfig.sparse_kernels`."""
 
     def __init__(self, cfg: CrosscoderConfig):
         super().__init__()

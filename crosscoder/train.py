@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 from dataclasses import asdict
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -71,13 +71,25 @@ def train_crosscoder(
     ``checkpoint_every`` > 0 a checkpoint is written every that many steps (and at the end); with ``resume`` the
     run continues from the newest checkpoint there, if any. ``on_step(step)`` runs after each step.
     """
-    with deterministic_algorithms():
+    with deterministic_algorithms(), _sparse_kernels(cc, cfg.sparse_kernels):
         return _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, resume, on_step)
+
+
+@contextlib.contextmanager
+def _sparse_kernels(cc: Crosscoder, mode: str) -> Iterator[None]:
+    """``cc.sparse_kernels = mode`` for the length of the run."""
+    previous = cc.sparse_kernels
+    cc.sparse_kernels = mode
+    try:
+        yield
+    finally:
+        cc.sparse_kernels = previous
 
 
 def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, resume, on_step) -> TrainResult:
     next_batch = _next_batch_fn(source)
-    opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=cfg.betas)
+    # foreach: torch's multi-tensor Adam, bit-identical to its per-tensor loop (the CPU default) and 1.5-3x faster there.
+    opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=cc.device.type in ("cpu", "cuda") or None)
     history: list[dict[str, float]] = []
     start = 0
     if resume and checkpoint_dir is not None and (path := latest_checkpoint(checkpoint_dir)) is not None:
