@@ -483,19 +483,25 @@ def host_dense_bytes() -> int:
 
 def _upper_csr(i: np.ndarray, j: np.ndarray, count: np.ndarray, moment: np.ndarray, F: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Upper-triangle (F, F) CSR co-count and co-moment from triples sorted by (i, j), i ≤ j; the co-count keeps only
-    non-zero counts (no stored zeros). O(pairs): the triples are already in CSR order."""
+    non-zero counts (no stored zeros). O(pairs): the triples are already in CSR order, and where every pair is
+    counted the two matrices share their index arrays."""
+    idx = np.int32 if F < 2**31 else np.int64
 
-    def build(keep, data):
-        r = i if keep is None else i[keep]
-        indptr = np.zeros(F + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=F), out=indptr[1:])
-        cols = (j if keep is None else j[keep]).astype(np.int32 if F < 2**31 else np.int64)
-        m = sp.csr_matrix(((data if keep is None else data[keep]), cols, indptr), shape=(F, F))
+    def build(rows, cols, data):
+        indptr = np.zeros(F + 1, dtype=idx if len(rows) < 2**31 else np.int64)
+        np.cumsum(np.bincount(rows, minlength=F), out=indptr[1:])
+        m = sp.csr_matrix((data, cols.astype(idx, copy=False), indptr), shape=(F, F), copy=False)
         m.has_sorted_indices = True
         return m
 
+    M = build(i, j, moment.astype(np.float64, copy=False))
     nz = count != 0
-    return build(None if nz.all() else nz, count.astype(np.int64, copy=False)), build(None, moment.astype(np.float64, copy=False))
+    if nz.all():
+        C = sp.csr_matrix((count.astype(np.int64, copy=False), M.indices, M.indptr), shape=(F, F), copy=False)
+        C.has_sorted_indices = True
+    else:
+        C = build(i[nz], j[nz], count[nz].astype(np.int64, copy=False))
+    return C, M
 
 
 def _lookup(U: sp.csr_matrix, i: np.ndarray, j: np.ndarray) -> np.ndarray:
