@@ -9,6 +9,10 @@ Each shard is written to a temporary name and renamed, so a harvest that is inte
 missing shard (:func:`write_activation_cache` skips the shards already there). Reading memory-maps the shards and
 serves whole sequences (rows) in any order, so :class:`~crosscoder.harvest.ActivationBuffer` shuffles across
 sequences exactly as it does when it runs the model.
+
+One process writes a cache; any number read it. Under torchrun every rank opens the finished cache with
+:func:`open_activation_cache` (which checks it and never writes) and serves its own share of the rows
+(:func:`~crosscoder.harvest.rank_rows`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .errors import FeatgraphError
 from .harvest import check_finite_activations, check_hookpoints, harvest
 from .io import atomic_file
 
-__all__ = ["write_activation_cache", "ActivationCache"]
+__all__ = ["write_activation_cache", "open_activation_cache", "ActivationCache"]
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -47,15 +51,11 @@ def write_activation_cache(
     if folder.exists() and not folder.is_dir():
         raise FeatgraphError(f"cache path {folder} is a file; pass a folder path")
     folder.mkdir(parents=True, exist_ok=True)
-    N, T = tokens_NT.shape
-    sizes = [min(rows_per_shard, N - a) for a in range(0, N, rows_per_shard)]
-    meta = {"format": "featgraph.activation_cache", "version": 1, "hookpoints": list(hookpoints), "d_model": model.cfg.d_model,
-            "tokens_per_row": T - 1, "dtype": dtype, "shard_rows": sizes, "model_name": model.cfg.model_name, "complete": False}
+    meta = _expected_meta(model, tokens_NT, hookpoints, rows_per_shard, dtype)
+    sizes = meta["shard_rows"]
     old = folder / "meta.json"
     if old.is_file():
-        prev = json.loads(old.read_text())
-        if {k: prev.get(k) for k in meta if k != "complete"} != {k: v for k, v in meta.items() if k != "complete"}:
-            raise FeatgraphError(f"{folder} holds a different activation cache; pass an empty folder or the same settings")
+        _check_same(json.loads(old.read_text()), meta, folder)
     with atomic_file(old) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     for i, n in enumerate(tqdm(sizes, desc="cache shards", disable=not progress, leave=False)):
@@ -73,6 +73,39 @@ def write_activation_cache(
     meta["complete"] = True
     with atomic_file(old) as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
+    return ActivationCache(folder)
+
+
+def _expected_meta(model, tokens_NT: torch.Tensor, hookpoints: Sequence[str], rows_per_shard: int, dtype: str) -> dict:
+    """meta.json of the cache of ``hookpoints`` of ``model`` on ``tokens_NT``, before it is complete."""
+    N, T = tokens_NT.shape
+    sizes = [min(rows_per_shard, N - a) for a in range(0, N, rows_per_shard)]
+    return {"format": "featgraph.activation_cache", "version": 1, "hookpoints": list(hookpoints), "d_model": model.cfg.d_model,
+            "tokens_per_row": T - 1, "dtype": dtype, "shard_rows": sizes, "model_name": model.cfg.model_name, "complete": False}
+
+
+def _check_same(found: dict, expected: dict, folder: Path) -> None:
+    differ = [k for k in expected if k != "complete" and found.get(k) != expected[k]]
+    if differ:
+        raise FeatgraphError(f"{folder} holds a different activation cache (its {differ[0]} differs); pass an empty folder or the same settings")
+
+
+def open_activation_cache(
+    model, tokens_NT: torch.Tensor, hookpoints: Sequence[str], folder: str | os.PathLike, rows_per_shard: int = 256,
+    dtype: str = "float32",
+) -> "ActivationCache":
+    """Open the complete cache that :func:`write_activation_cache` (same arguments) wrote, never writing to it.
+
+    For readers that must not write, such as torchrun ranks. Raises one :class:`FeatgraphError` line when the folder
+    holds no complete cache or a cache of other settings (hookpoints, model, rows).
+    """
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file() or not json.loads(meta_path.read_text()).get("complete"):
+        state = "is incomplete" if meta_path.is_file() else "does not exist"
+        raise FeatgraphError(f"activation cache {folder} {state}; write it first in one process (the same `featgraph crosscoder "
+                             f"train ... --activation-cache {folder}` without torchrun, or write_activation_cache), then launch torchrun on it")
+    _check_same(json.loads(meta_path.read_text()), _expected_meta(model, tokens_NT, hookpoints, rows_per_shard, dtype), folder)
     return ActivationCache(folder)
 
 

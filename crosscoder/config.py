@@ -458,7 +458,8 @@ class FitConfig:
     """Harvest the training activations once into this folder (memory-mapped shards; resumes if interrupted) and
     train from it instead of running the model (one model; under torchrun the ranks read a cache written beforehand)."""
     prefetch: bool = True
-    """Harvest the buffer's next refill on a background thread while training reads the current one (same batches)."""
+    """On CUDA, harvest the buffer's next refill on a background thread and stream while training reads the current
+    one (same batches); on the CPU it gave no gain on 2 cores (docs/benchmarks.md) and refills stay inline."""
     checkpoint_every: int = 0
     """Steps between training checkpoints (0: none); they go to ``<out>.ckpt/``."""
     resume: bool = False

@@ -6,8 +6,9 @@
 :func:`fit` serves every case: a crosscoder / SAE / transcoder of one model, a model crosscoder over several models on
 the same tokens (``models`` a mapping name → model), and fine-tuning a parent with its own schedule (``parent``, a
 stage name). The CLI, the demo, the studies and the Python API all call it, so they agree on every step: scales from
-the training rows (about ``norm_tokens`` tokens), the buffer over the training rows (each torchrun rank its own share),
-metrics on the held-out rows.
+the training rows (about ``norm_tokens`` tokens), the buffer over the training rows (each torchrun rank its own share,
+from the model or from an activation cache that one process wrote beforehand; on CUDA the next refill harvested in
+the background while training runs, unless ``FitConfig.prefetch`` is off), metrics on the held-out rows.
 
 >>> import torch
 >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -36,7 +37,8 @@ from .config import CrosscoderConfig, FitConfig, TrainConfig
 from .crosscoder import Crosscoder
 from .data import TokenRows
 from .errors import FeatgraphError
-from .harvest import ActivationBuffer, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales
+from .harvest import (ActivationBuffer, RowSubset, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales,
+                      rank_rows)
 from .io import check_output, save_crosscoder
 from .metrics import CrosscoderMetrics, evaluate
 from .model_diff import model_diff, model_reconstruction_metrics
@@ -98,25 +100,44 @@ def _check_room(cc: Crosscoder, rows: TokenRows, fit_cfg: FitConfig, out: str | 
         check_output(out, need_bytes=int(1.1 * (weights + checkpoints)), flag="output folder")
     if fit_cfg.activation_cache is not None:
         n_tokens = rows.train_NT.shape[0] * max(rows.train_NT.shape[1] - 1, 0)  # BOS dropped; float32 values
-        need = 0 if (Path(fit_cfg.activation_cache) / "meta.json").exists() else 4 * n_tokens * len(cc.cfg.all_hookpoints) * cc.cfg.d_model
+        writes = _rank_world()[1] == 1 and not (Path(fit_cfg.activation_cache) / "meta.json").exists()  # torchrun ranks only read
+        need = 4 * n_tokens * len(cc.cfg.all_hookpoints) * cc.cfg.d_model if writes else 0
         check_output(fit_cfg.activation_cache, need_bytes=int(1.1 * need), flag="--activation-cache", replace=False)
+
+
+def _prefetch_pays(device: str) -> bool:
+    """Whether a background refill can overlap training: on CUDA (the model and the step share the GPU's queue, the
+    host thread only launches); on the CPU both want the same cores and it measured no gain on 2 of them."""
+    return torch.device(device).type == "cuda"
 
 
 def _buffer(cc: Crosscoder, models: Any, rows: TokenRows, train_cfg: TrainConfig, fit_cfg: FitConfig, seed: int, device: str,
             progress: bool) -> ActivationBuffer:
+    """The shuffled buffer over this process's training rows: all of them, or under torchrun this rank's share
+    (:func:`~crosscoder.harvest.rank_rows`, the same share whether the rows run through the model or come from the
+    activation cache)."""
     rank, world = _rank_world()
+    n_rows = rows.train_NT.shape[0]
+    share = None
+    if world > 1:
+        if n_rows < world:
+            raise FeatgraphError(f"{n_rows} training rows cannot be shared by {world} torchrun ranks; use more data or fewer ranks")
+        share = rank_rows(n_rows, rank, world, seed)
     source = None
     if fit_cfg.activation_cache is not None:
-        if world > 1 or isinstance(models, Mapping):
-            raise FeatgraphError("--activation-cache holds one model's activations in one process; drop it for a model "
-                                 "crosscoder or under torchrun (ranks harvest their own rows)")
-        from .activation_cache import write_activation_cache
+        if isinstance(models, Mapping):
+            raise FeatgraphError("--activation-cache holds one model's activations; drop it for a model crosscoder")
+        from .activation_cache import open_activation_cache, write_activation_cache
 
-        source = write_activation_cache(models, rows.train_NT, cc.cfg.all_hookpoints, fit_cfg.activation_cache, progress=progress)
+        if world == 1:
+            source = write_activation_cache(models, rows.train_NT, cc.cfg.all_hookpoints, fit_cfg.activation_cache, progress=progress)
+        else:  # one process writes the cache beforehand; every rank reads its share and none writes
+            source = RowSubset(open_activation_cache(models, rows.train_NT, cc.cfg.all_hookpoints, fit_cfg.activation_cache), share)
     model_arg = dict(models) if isinstance(models, Mapping) else models
-    return ActivationBuffer(model_arg, rows.train_NT[rank::world], cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
+    tokens_NT = rows.train_NT if share is None else rows.train_NT[share]
+    return ActivationBuffer(model_arg, tokens_NT, cc.cfg.all_hookpoints, cc.norm_scale_L.cpu(), train_cfg.batch_size,
                             n_buffer_tokens=fit_cfg.buffer_tokens, model_batch_size=fit_cfg.model_batch_size, seed=seed + rank,
-                            device=device, source=source)
+                            device=device, source=source, prefetch=fit_cfg.prefetch and _prefetch_pays(device))
 
 
 def fit(
@@ -182,15 +203,16 @@ def fit(
     if out is not None and fit_cfg.checkpoint_every > 0:
         ckpt = dict(checkpoint_dir=str(out) + ".ckpt", checkpoint_every=fit_cfg.checkpoint_every, resume=fit_cfg.resume)
     progress = progress and rank == 0
-    if parent is None:
-        result = train_crosscoder(cc, buf, train_cfg, progress=progress, **ckpt)
-        if isinstance(models, Mapping):
-            cc.lineage = [{"stage": stage or "model_crosscoder", "parent": None, "models": list(models)}]
-        elif stage is not None:
-            cc.lineage = [{"stage": stage, "parent": None}]
-    else:
-        cc, result = finetune_crosscoder(parent_path or "<in memory>", buf, train_cfg, stage=stage or "finetune", device=device,
-                                         cc=cc, progress=progress, **ckpt)
+    with buf:  # leaving it stops the prefetch thread, which runs the model, before the metrics run it
+        if parent is None:
+            result = train_crosscoder(cc, buf, train_cfg, progress=progress, **ckpt)
+            if isinstance(models, Mapping):
+                cc.lineage = [{"stage": stage or "model_crosscoder", "parent": None, "models": list(models)}]
+            elif stage is not None:
+                cc.lineage = [{"stage": stage, "parent": None}]
+        else:
+            cc, result = finetune_crosscoder(parent_path or "<in memory>", buf, train_cfg, stage=stage or "finetune", device=device,
+                                             cc=cc, progress=progress, **ckpt)
     cc.eval()
     if rank != 0:
         return FitResult(cc, None, result, None)

@@ -12,11 +12,18 @@ A model crosscoder reads several models (a base model and its fine-tune) on the 
 runs every model on each batch of rows — one pass over the data — and concatenates their activations model-major
 along the L axis, ``(B, M·L, D)``, in the order of ``cfg.all_hookpoints`` (``model/hookpoint`` slots).
 :class:`MultiModelRows` is the buffer's row source for it, and the scales are estimated per model and hookpoint.
+
+Under torchrun each rank streams its own share of the training rows (:func:`rank_rows`, served through
+:class:`RowSubset`), whether the rows come from the model or from an activation cache written beforehand.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import re
+import threading
+import weakref
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -38,6 +45,8 @@ __all__ = [
     "harvest_models",
     "estimate_model_norm_scales",
     "MultiModelRows",
+    "RowSubset",
+    "rank_rows",
 ]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.*)$")
@@ -309,6 +318,104 @@ class MultiModelRows:
         yield from harvest_models(self.models, self.tokens_NT[rows], self.model_hookpoints, self.batch_size, device, self.names)
 
 
+def rank_rows(n_rows: int, rank: int, world: int, seed: int) -> torch.Tensor:
+    """Rank ``rank``'s share of ``n_rows`` training rows among ``world`` data-parallel ranks, sorted: the positions
+    ``rank, rank + world, ...`` of one permutation drawn from ``seed``.
+
+    Every rank draws the same permutation from the same seed, so the shares are disjoint and together hold every row,
+    and a run is reproducible. The permutation keeps a corpus stored in order (by document, by source) from giving one
+    rank a biased slice.
+
+    >>> [rank_rows(5, r, 2, seed=0).tolist() for r in range(2)]
+    [[1, 2, 4], [0, 3]]
+    """
+    if not 0 <= rank < world:
+        raise FeatgraphError(f"rank {rank} is not in 0..{world - 1}; pass the rank and world size of torch.distributed")
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
+    return order[rank::world].sort().values
+
+
+class RowSubset:
+    """A row source restricted to some of its rows (a torchrun rank's share): row i here is row ``rows[i]`` there.
+
+    Wraps anything :class:`ActivationBuffer` takes as ``source`` (:class:`ModelRows`, :class:`MultiModelRows`, an
+    :class:`~crosscoder.activation_cache.ActivationCache`).
+    """
+
+    def __init__(self, source, rows: torch.Tensor):
+        self.source, self.rows = source, torch.as_tensor(rows, dtype=torch.long)
+        self.hookpoints, self.tokens_per_row = source.hookpoints, source.tokens_per_row
+        self.n_hookpoints, self.d_model = source.n_hookpoints, source.d_model
+        self.n_rows = len(self.rows)
+
+    def activations(self, rows: torch.Tensor, device: str | torch.device) -> Iterator[torch.Tensor]:
+        """Activations (b·(T−1), L, D) of the given rows of this subset, in that order."""
+        yield from self.source.activations(self.rows[rows], device)
+
+
+def _fill_from(source, rows: torch.Tensor, out_BLD: torch.Tensor, scale_L1: torch.Tensor, device: str | torch.device) -> None:
+    """Write the activations of ``rows`` (the first ``len(out_BLD)`` of their tokens), times ``scale_L1``, into ``out_BLD``."""
+    pos, end = 0, out_BLD.shape[0]
+    for acts_BLD in source.activations(rows, device):
+        take = min(acts_BLD.shape[0], end - pos)
+        out_BLD[pos : pos + take] = acts_BLD[:take].to(out_BLD.dtype) * scale_L1
+        pos += take
+        if pos >= end:
+            break
+
+
+_IN_FLIGHT: "weakref.WeakSet[_Prefetch]" = weakref.WeakSet()
+
+
+@atexit.register
+def _join_in_flight() -> None:
+    """At interpreter exit, wait for refills still running: a daemon thread left inside a torch op while the
+    interpreter tears down aborts the process ("terminate called without an active exception")."""
+    for prefetch in list(_IN_FLIGHT):
+        prefetch.thread.join()
+
+
+class _Prefetch:
+    """One refill harvested on a daemon thread (on CUDA in a side stream) while training reads the pool.
+
+    The rows and the pool's next permutation were drawn by the buffer before the thread started; ``resume_state`` is
+    the buffer's row order, row pointer and generator state before those draws (what a checkpoint records). The thread
+    holds no reference to the buffer, so a buffer dropped mid-refill is collected (and its ``__del__`` joins it); a
+    refill still running at interpreter exit is joined by an ``atexit`` hook.
+    """
+
+    def __init__(self, source, rows: torch.Tensor, out_BLD: torch.Tensor, scale_L1: torch.Tensor, device: str | torch.device,
+                 stream, perm: torch.Tensor, resume_state: tuple):
+        self.perm, self.resume_state = perm, resume_state
+        self.error: BaseException | None = None
+        self.done = None  # a CUDA event recorded on the side stream after the last write
+        self.thread = threading.Thread(target=self._run, args=(source, rows, out_BLD, scale_L1, device, stream),
+                                       name="featgraph-prefetch", daemon=True)
+        _IN_FLIGHT.add(self)
+        self.thread.start()
+
+    def _run(self, source, rows, out_BLD, scale_L1, device, stream) -> None:
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                _fill_from(source, rows, out_BLD, scale_L1, device)
+                if stream is not None:
+                    self.done = torch.cuda.Event()
+                    self.done.record(stream)
+        except BaseException as e:  # noqa: BLE001 — handed to the main thread, which re-raises it in wait()
+            self.error = e
+        finally:
+            _IN_FLIGHT.discard(self)
+
+    def wait(self, device: str | torch.device) -> None:
+        """Block until the refill is written; re-raise, in this thread, the exception the worker raised."""
+        self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.done is not None:
+            torch.cuda.current_stream(torch.device(device)).wait_event(self.done)
+
+
 class ActivationBuffer:
     """A shuffled pool of normalised activations that refills as it empties.
 
@@ -316,8 +423,23 @@ class ActivationBuffer:
     half is refilled from the next rows of ``source`` (cycling through them in an order reshuffled each pass)
     and the pool is reshuffled. All randomness flows from ``seed``. The source is a :class:`ModelRows` (built
     from ``model`` and ``tokens_NT``), a :class:`MultiModelRows` (built when ``model`` is a mapping name → model
-    and ``hookpoints`` are a model crosscoder's ``model/hookpoint`` slots) or an on-disk
-    :class:`~crosscoder.activation_cache.ActivationCache`.
+    and ``hookpoints`` are a model crosscoder's ``model/hookpoint`` slots), an on-disk
+    :class:`~crosscoder.activation_cache.ActivationCache` or a :class:`RowSubset` of one.
+
+    With ``prefetch`` the next refill is harvested on one background thread (on CUDA in a side stream) while the
+    current half is served, so running the model overlaps training (SAELens prefetches the same way). The stream is
+    the same with and without it: the refill's rows and the pool's next permutation are drawn from the generator, in
+    the same order, as soon as the previous refill is done, and the worker only computes activations into a staging
+    half (half the pool's memory again). An exception in the worker (a NaN from :func:`check_finite_activations`) is
+    raised again, the same object, by the :meth:`next_batch` that needs that refill. :meth:`state_dict` does not wait
+    for an in-flight refill: it records the generator and row order as they were before that refill's draws, which is
+    exactly the synchronous buffer's state, so checkpoints are interchangeable between the two modes;
+    :meth:`load_state_dict` waits for and discards the in-flight refill, then starts one from the loaded state.
+
+    While a refill is in flight the worker runs the model, and TransformerLens hooks are per model, not per thread:
+    :meth:`close` (or leave a ``with`` block) before running the model elsewhere. ``close`` waits for the in-flight
+    refill and keeps it, so the stream goes on unchanged, with later refills in the calling thread. The worker is a
+    daemon thread and is joined by ``close`` and by ``__del__``.
     """
 
     def __init__(
@@ -332,7 +454,9 @@ class ActivationBuffer:
         seed: int = 0,
         device: str | torch.device = "cpu",
         source=None,
+        prefetch: bool = False,
     ):
+        self._pending: _Prefetch | None = None
         if source is None:
             if isinstance(model, Mapping):
                 source = MultiModelRows.from_slots(model, tokens_NT, hookpoints, model_batch_size)
@@ -341,17 +465,23 @@ class ActivationBuffer:
         self.source = source
         if list(self.source.hookpoints) != list(hookpoints):
             raise FeatgraphError(f"activation source holds {list(self.source.hookpoints)}, not {list(hookpoints)}; use a cache of these hookpoints")
+        if self.source.n_rows == 0:
+            raise FeatgraphError("the activation buffer has no token rows to stream; give it at least one training row")
         self.scale_L1 = norm_scale_L.to(device)[:, None]
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.prefetch = batch_size, device, prefetch
         self.gen = torch.Generator().manual_seed(seed)
         per_row = self.source.tokens_per_row
         self.n_buffer = max(n_buffer_tokens, 2 * batch_size)
         self.n_buffer = (self.n_buffer // per_row + 1) * per_row
         self.row_order = torch.randperm(self.source.n_rows, generator=self.gen)
         self.next_row = 0
-        self.pool_BLD = torch.empty(self.n_buffer, self.source.n_hookpoints, self.source.d_model, device=device)
+        shape = (self.n_buffer, self.source.n_hookpoints, self.source.d_model)
+        self.pool_BLD = torch.empty(shape, device=device)
+        self._staging_BLD = torch.empty((self.n_buffer // 2, *shape[1:]), device=device) if prefetch else None
+        self._stream = torch.cuda.Stream(torch.device(device)) if prefetch and torch.device(device).type == "cuda" else None
         self._fill(0, self.n_buffer)
         self.pointer = 0
+        self._launch()
 
     def _next_rows(self, n_rows: int) -> torch.Tensor:
         rows = []
@@ -366,39 +496,85 @@ class ActivationBuffer:
         return torch.cat(rows)
 
     def _fill(self, start: int, end: int) -> None:
-        per_row = self.source.tokens_per_row
-        n_rows = -(-(end - start) // per_row)
-        pos = start
-        for acts_BLD in self.source.activations(self._next_rows(n_rows), self.device):
-            take = min(acts_BLD.shape[0], end - pos)
-            self.pool_BLD[pos : pos + take] = acts_BLD[:take].to(self.pool_BLD.dtype) * self.scale_L1
-            pos += take
-            if pos >= end:
-                break
+        """Synchronously: draw the rows, write their activations into pool[start:end], draw and apply a permutation."""
+        rows = self._next_rows(-(-(end - start) // self.source.tokens_per_row))
+        _fill_from(self.source, rows, self.pool_BLD[start:end], self.scale_L1, self.device)
         perm = torch.randperm(self.n_buffer, generator=self.gen).to(self.device)
         self.pool_BLD = self.pool_BLD[perm]
 
+    def _launch(self) -> None:
+        """Start harvesting the next refill of the front half in the background (when prefetching)."""
+        if not self.prefetch:
+            return
+        resume_state = (self.row_order, self.next_row, self.gen.get_state())
+        half = self.n_buffer // 2
+        rows = self._next_rows(-(-half // self.source.tokens_per_row))
+        perm = torch.randperm(self.n_buffer, generator=self.gen)  # drawn now: the same order as _fill's draws
+        if self._stream is not None:  # the staging half was last read on the main stream
+            self._stream.wait_stream(torch.cuda.current_stream(torch.device(self.device)))
+        self._pending = _Prefetch(self.source, rows, self._staging_BLD, self.scale_L1, self.device, self._stream, perm, resume_state)
+
+    def _refill_front(self) -> None:
+        """Refill the served front half (from the finished prefetch, or synchronously) and reshuffle the pool."""
+        half = self.n_buffer // 2
+        pending, self._pending = self._pending, None
+        if pending is None:
+            self._fill(0, half)
+        else:
+            pending.wait(self.device)
+            self.pool_BLD[:half].copy_(self._staging_BLD)
+            self.pool_BLD = self.pool_BLD[pending.perm.to(self.device)]
+        self.pointer = 0
+        self._launch()
+
     def state_dict(self) -> dict:
-        """Everything needed to continue the stream exactly (for checkpoints)."""
-        return {
-            "pool_BLD": self.pool_BLD, "pointer": self.pointer, "row_order": self.row_order,
-            "next_row": self.next_row, "generator": self.gen.get_state(),
-        }
+        """Everything needed to continue the stream exactly (for checkpoints); the same with and without prefetch.
+
+        The pool is a copy: the next refill writes into the buffer's own pool in place.
+        """
+        if self._pending is not None:
+            row_order, next_row, gen_state = self._pending.resume_state
+        else:
+            row_order, next_row, gen_state = self.row_order, self.next_row, self.gen.get_state()
+        return {"pool_BLD": self.pool_BLD.clone(), "pointer": self.pointer, "row_order": row_order, "next_row": next_row,
+                "generator": gen_state}
 
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["pool_BLD"].shape) != tuple(self.pool_BLD.shape):
             raise FeatgraphError(f"buffer state of shape {tuple(state['pool_BLD'].shape)} does not fit this buffer {tuple(self.pool_BLD.shape)}; resume with the same buffer size and hookpoints")
-        self.pool_BLD = state["pool_BLD"].to(self.device)
+        pending, self._pending = self._pending, None
+        if pending is not None:  # its rows were drawn from the state being replaced
+            pending.thread.join()
+        self.pool_BLD = state["pool_BLD"].to(self.device, copy=True)  # refills write into the pool in place
         self.pointer, self.next_row = int(state["pointer"]), int(state["next_row"])
         self.row_order = state["row_order"].clone()
         self.gen.set_state(state["generator"])
+        self._launch()
 
     def next_batch(self) -> torch.Tensor:
         """A batch (batch_size, L, D) of normalised activations."""
         if self.pointer + self.batch_size > self.n_buffer // 2:
-            self._fill(0, self.n_buffer // 2)  # the served half sits at the front: refill it, reshuffle all
-            self.pointer = 0
+            self._refill_front()  # the served half sits at the front: refill it, reshuffle all
         # A copy, not a view: the next refill writes into the pool in place and would change a batch still held.
         batch = self.pool_BLD[self.pointer : self.pointer + self.batch_size].clone()
         self.pointer += self.batch_size
         return batch
+
+    def close(self) -> None:
+        """Stop prefetching: wait for the in-flight refill (kept, so the stream goes on unchanged) and start no more."""
+        self.prefetch = False
+        pending = getattr(self, "_pending", None)  # absent when __init__ failed early
+        if pending is not None:
+            pending.thread.join()
+
+    def __enter__(self) -> "ActivationBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 — never raise from a finaliser (e.g. at interpreter exit)
+            pass

@@ -88,6 +88,24 @@ def test_cli_under_torchrun(tmp_path, tiny_embedded):
     assert (tmp_path / "cc" / "crosscoder.safetensors").is_file()
 
 
+def test_cli_under_torchrun_reads_a_cache_written_by_one_process(tmp_path, tiny_embedded):
+    """`featgraph crosscoder train --activation-cache DIR` in one process writes the cache; the same command under
+    torchrun then reads it on every rank (each its share of the rows) and writes nothing to it. (A rank refusing a
+    cache that is not there yet: tests/test_cache_ranks.py.)"""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    train = ["-m", "featgraph.cli", "crosscoder", "train", "--size", "tiny", "--steps", "4", "--batch-size", "64",
+             "--n-features", "32", "--quiet", "--no-splice", "--activation-cache", str(tmp_path / "acts")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    one = subprocess.run([sys.executable, *train, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    shards = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "acts").iterdir()}
+    two = subprocess.run([*torchrun, "--master_port", str(free_port()), *train, "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("trained:") == 1 and (tmp_path / "two" / "crosscoder.safetensors").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "acts").iterdir()} == shards  # read, not written
+
+
 STATS_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, torch, torch.distributed as dist, scipy.sparse as sp
