@@ -186,9 +186,10 @@ def case_page(n_nodes: int, n_edges: int, draw: bool) -> dict:
 CASES = {"leiden": case_leiden, "networkx": case_networkx, "page": case_page}
 
 
-def run_case(case: dict, timeout: float) -> dict | str:
-    """Run one case in a fresh interpreter; its JSON record, or one line saying why there is none."""
-    cmd = [sys.executable, "-m", "analyses.bench_graph", json.dumps(case)]
+def run_case(case: dict, timeout: float, module: str = "analyses.bench_graph", flag: tuple[str, ...] = ()) -> dict | str:
+    """Run one case in a fresh interpreter (``python -m module *flag CASE_JSON``); its JSON record (the last line
+    that is one), or one line saying why there is none."""
+    cmd = [sys.executable, "-m", module, *flag, json.dumps(case)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
     except subprocess.TimeoutExpired:

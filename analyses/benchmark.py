@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -143,16 +142,9 @@ def _worker(case: dict) -> None:
 
 
 def run_stats_case(case: dict, timeout: float) -> dict | str:
-    cmd = [sys.executable, "-m", "analyses.benchmark", "--case", json.dumps(case)]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
-    except subprocess.TimeoutExpired:
-        return f"did not finish in {timeout:.0f} s"
-    for ln in reversed(p.stdout.splitlines()):
-        if ln.startswith("{"):
-            return json.loads(ln)
-    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    return f"failed (exit {p.returncode}): {err[-1].strip() if err else 'no output'}"
+    from analyses.bench_graph import run_case
+
+    return run_case(case, timeout, module="analyses.benchmark", flag=("--case",))
 
 
 def bench_stats(features: list[int], tokens: int, l0: int, alpha: float, device: str, dense_max: int, timeout: float,
