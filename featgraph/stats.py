@@ -132,10 +132,11 @@ class CoactivationStats:
     top_m : int
         How many top activations (and their token indices) to keep per feature, for contexts.
     dense_limit : int or None
-        On CUDA, keep the pair statistics as dense device matrices up to this many features; None: while they fit in
-        ``DENSE_MEMORY_FRACTION`` of the device's free memory.
+        On CUDA, keep everything on the device (the pair triangle included) up to this many features; None: while
+        the triangle fits in ``DENSE_MEMORY_FRACTION`` of the device's free memory.
     dense : bool or None
-        Force the dense (True) or sparse (False) accumulator; None chooses by device and ``dense_limit``.
+        Force the device path (True; on a CPU tensor it runs there, for tests) or the host path (False); None chooses
+        by device and ``dense_limit``.
     dashboards : bool
         Also keep each feature's activation histogram and a random sample of its non-zero activations (for feature
         dashboards); about (8·HIST_BINS + 24·sample) bytes per feature (1.5 KB with the defaults).
