@@ -321,6 +321,40 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refit(args: argparse.Namespace) -> int:
+    """Re-fit a crosscoder's decoder (or one scale per feature) with its encoder frozen; metrics before and after."""
+    from crosscoder.apply import check_compatible
+    from crosscoder.harvest import harvest
+    from crosscoder.io import load_crosscoder, save_crosscoder
+    from crosscoder.metrics import evaluate
+    from crosscoder.refit import refit
+    from crosscoder.sources import load_inputs
+
+    t0 = time.perf_counter()
+    out = check_output(args.out)  # before any model is loaded
+    recorded = recorded_inputs(args.crosscoder)
+    model_cfg, data_cfg = input_configs(args, recorded)
+    cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
+    if cc.cfg.models:
+        raise FeatgraphError("refit reads one model's activations; this is a model crosscoder (several models)")
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
+    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
+    check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
+    batches = list(harvest(inputs.model, inputs.rows.train_NT[: args.rows], cc.cfg.all_hookpoints, device=cc.device))
+    res = refit(cc, batches, args.what)
+    val = inputs.rows.val_NT[: args.eval_rows]
+    before = evaluate(cc, inputs.model, val, splice=not args.no_splice)
+    after = evaluate(res.cc, inputs.model, val, splice=not args.no_splice)
+    meta = json.loads((Path(args.crosscoder) / "cfg.json").read_text())
+    extra = dict(meta.get("extra") or {}) if meta.get("format") == "featgraph.crosscoder" else {}
+    extra["refit"] = {"what": args.what, "rows": int(min(args.rows, len(inputs.rows.train_NT))), "parent": str(Path(args.crosscoder).resolve()),
+                      "before": before.to_dict(), "after": after.to_dict()}
+    save_crosscoder(res.cc, out, extra=extra)
+    print(_summary(f"before the refit ({args.crosscoder})", cc, before, None, 0).rsplit("\n", 1)[0])
+    print(_summary(f"after the {args.what} refit (encoder frozen)", res.cc, after, out, time.perf_counter() - t0))
+    return 0
+
+
 def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -366,6 +400,19 @@ def add_crosscoder_parser(sub) -> None:
                         "scored — default, as SAELens) or keep_bos (BOS kept clean, every position scored)")
     _quiet(e)
     e.set_defaults(run=_eval)
+
+    r = cmds.add_parser("refit", help="re-fit the decoder (or one scale per feature) with the encoder frozen, against shrinkage")
+    r.add_argument("crosscoder", type=Path)
+    add_input_arguments(r)
+    r.add_argument("--what", choices=["decoder", "scale"], default="decoder",
+                   help="decoder: least squares on the frozen codes; scale: one factor per feature, directions kept (default: decoder)")
+    r.add_argument("--out", type=Path, required=True, help="folder for the re-fitted crosscoder")
+    r.add_argument("--seed", type=int, default=None, help="seed of the model provider and the data split (default: the crosscoder's run)")
+    r.add_argument("--rows", type=int_at_least(1), default=256, help="training token rows the refit reads (default: 256)")
+    r.add_argument("--eval-rows", type=int_at_least(1), default=64, help="held-out rows for the metrics before and after (default: 64)")
+    r.add_argument("--no-splice", action="store_true", help="skip the splice-in forward passes")
+    _quiet(r)
+    r.set_defaults(run=_refit)
 
     d = cmds.add_parser("diff", help="shared / exclusive features of a model crosscoder: counts, histogram, model_diff.json")
     d.add_argument("crosscoder", type=Path)

@@ -67,3 +67,27 @@ def test_features_that_never_fire_keep_their_rows_and_bad_input_is_one_line():
         refit(cc, batches, "encoder")
     with pytest.raises(FeatgraphError, match="no activation batches"):
         reconstruction_stats(cc, [])
+
+
+def test_cli_refit_writes_a_new_crosscoder_with_metrics_before_and_after(tmp_path, capsys, tiny_embedded):
+    import json
+
+    from crosscoder.io import load_crosscoder
+    from featgraph.cli import main
+
+    src = tmp_path / "S"
+    assert main(["crosscoder", "train", "--size", "tiny", "--n-features", "32", "--steps", "30", "--batch-size", "128",
+                 "--eval-rows", "4", "--no-splice", "--out", str(src), "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "R"
+    assert main(["crosscoder", "refit", str(src), "--what", "scale", "--rows", "16", "--eval-rows", "4", "--no-splice",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "before the refit" in printed and "after the scale refit (encoder frozen)" in printed
+    old, new = load_crosscoder(src), load_crosscoder(out)
+    assert torch.equal(old.W_enc_LDF, new.W_enc_LDF) and not torch.equal(old.W_dec_FLD, new.W_dec_FLD)
+    assert new.lineage[-1]["stage"] == "refit_scale"
+    extra = json.loads((out / "cfg.json").read_text())["extra"]
+    assert extra["refit"]["what"] == "scale" and extra["refit"]["before"]["l0"] == extra["refit"]["after"]["l0"]
+    assert extra["refit"]["after"]["fvu_pooled"] <= 1.05 * extra["refit"]["before"]["fvu_pooled"]  # fitted on other rows: no worse held out
+    assert "model" in extra or "run" in extra  # what it was trained on is still recorded, so later commands find it
