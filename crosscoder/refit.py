@@ -10,8 +10,8 @@ re-fits what reads them out, on activations streamed once:
   — F unknowns, the directions kept.
 
 b_dec stays as trained. Both are exact least squares on the batches given (up to the small ridge ε that keeps
-rarely-firing features well-posed). Issue 16, item 3 (the library part; the CLI ``featgraph crosscoder refit`` is not
-built yet).
+rarely-firing features well-posed). ``featgraph crosscoder refit`` runs it on a model's activations
+(:class:`ReHarvest`) and reports the full metrics before and after.
 """
 
 from __future__ import annotations
@@ -24,7 +24,20 @@ import torch
 from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 
-__all__ = ["RefitResult", "refit", "reconstruction_stats"]
+__all__ = ["RefitResult", "ReHarvest", "refit", "reconstruction_stats"]
+
+
+class ReHarvest:
+    """A re-iterable stream of a model's activations: each iteration harvests ``tokens_NT`` at ``hookpoints`` again
+    (:func:`crosscoder.harvest.harvest`), so a pass that reads the data several times holds one batch at a time."""
+
+    def __init__(self, model, tokens_NT: torch.Tensor, hookpoints, device=None, batch_size: int = 32):
+        self.model, self.tokens_NT, self.hookpoints, self.device, self.batch_size = model, tokens_NT, list(hookpoints), device, batch_size
+
+    def __iter__(self):
+        from .harvest import harvest
+
+        return harvest(self.model, self.tokens_NT, self.hookpoints, self.batch_size, device=self.device)
 
 
 class RefitResult(NamedTuple):
@@ -64,18 +77,21 @@ def reconstruction_stats(cc: Crosscoder, batches: Iterable[torch.Tensor]) -> dic
 @torch.no_grad()
 def refit(cc: Crosscoder, batches: Iterable[torch.Tensor], what: str = "decoder", ridge: float = 1e-6) -> RefitResult:
     """Re-fit ``cc``'s decoder (``what="decoder"``) or one scale per feature (``"scale"``) with the encoder frozen, on
-    raw activation ``batches`` (B, L, D) — a re-iterable collection (it is read three times: the sums, then the
-    statistics before and after). ``ridge``: ε relative to each feature's Σf², for features that rarely fire."""
+    raw activation ``batches`` (B, L, D) — a list or a re-iterable such as :class:`ReHarvest` (they are read three
+    times: the sums, then the statistics before and after; one batch is held at a time). ``ridge``: ε relative to each feature's Σf², for features that rarely fire."""
     if what not in ("decoder", "scale"):
         raise FeatgraphError(f"refit --what must be decoder or scale, got {what!r}")
     if "W_dec_FLD" not in cc._parameters:
         raise FeatgraphError("this crosscoder has designated shared latents; refit handles a plain decoder only")
-    batches = list(batches)
+    if iter(batches) is batches:
+        raise FeatgraphError("refit reads the batches three times: pass a list or a re-iterable (e.g. ReHarvest), not a one-shot iterator")
     F = cc.cfg.n_features
     W_FO = cc.W_dec_FLD.detach().reshape(F, -1).double()
     G = torch.zeros(F, F, dtype=torch.float64, device=cc.device)
     H = torch.zeros_like(W_FO)
+    n_tokens = 0
     for x_BLD in batches:
+        n_tokens += x_BLD.shape[0]
         x = cc.normalise(x_BLD.to(cc.device).float())
         f = cc.encode(x, normalised=True).double()
         y = (cc.targets(x) - cc.b_dec_LD).reshape(x.shape[0], -1).double()
@@ -97,6 +113,6 @@ def refit(cc: Crosscoder, batches: Iterable[torch.Tensor], what: str = "decoder"
         new[idx] = new[idx] * s.to(new.dtype)[:, None, None]
     out = copy.deepcopy(cc)
     out.W_dec_FLD.data.copy_(new)
-    out.lineage = list(cc.lineage) + [{"stage": f"refit_{what}", "parent": None, "tokens": int(sum(b.shape[0] for b in batches)),
+    out.lineage = list(cc.lineage) + [{"stage": f"refit_{what}", "parent": None, "tokens": int(n_tokens),
                                        "features_refit": int(len(idx))}]
     return RefitResult(out, reconstruction_stats(cc, batches), reconstruction_stats(out, batches))

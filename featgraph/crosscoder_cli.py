@@ -324,10 +324,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _refit(args: argparse.Namespace) -> int:
     """Re-fit a crosscoder's decoder (or one scale per feature) with its encoder frozen; metrics before and after."""
     from crosscoder.apply import check_compatible
-    from crosscoder.harvest import harvest
     from crosscoder.io import load_crosscoder, save_crosscoder
     from crosscoder.metrics import evaluate
-    from crosscoder.refit import refit
+    from crosscoder.refit import ReHarvest, refit
     from crosscoder.sources import load_inputs
 
     t0 = time.perf_counter()
@@ -340,8 +339,7 @@ def _refit(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else recorded["seed"] or 0
     inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
     check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
-    batches = list(harvest(inputs.model, inputs.rows.train_NT[: args.rows], cc.cfg.all_hookpoints, device=cc.device))
-    res = refit(cc, batches, args.what)
+    res = refit(cc, ReHarvest(inputs.model, inputs.rows.train_NT[: args.rows], cc.cfg.all_hookpoints, device=cc.device), args.what)
     val = inputs.rows.val_NT[: args.eval_rows]
     before = evaluate(cc, inputs.model, val, splice=not args.no_splice)
     after = evaluate(res.cc, inputs.model, val, splice=not args.no_splice)

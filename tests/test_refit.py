@@ -65,6 +65,8 @@ def test_features_that_never_fire_keep_their_rows_and_bad_input_is_one_line():
     assert torch.equal(res.cc.W_dec_FLD[0], cc.W_dec_FLD[0]) and not torch.equal(res.cc.W_dec_FLD[1], cc.W_dec_FLD[1])
     with pytest.raises(FeatgraphError, match="decoder or scale"):
         refit(cc, batches, "encoder")
+    with pytest.raises(FeatgraphError, match="re-iterable"):
+        refit(cc, iter(batches), "decoder")
     with pytest.raises(FeatgraphError, match="no activation batches"):
         reconstruction_stats(cc, [])
 
