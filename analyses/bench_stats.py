@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from analyses.bench_graph import peak_rss_mib
 from featgraph.pair_sums import PairSums
 from featgraph.stats import CoactivationStats
 
@@ -188,7 +189,7 @@ def time_update(F: int, chunks, dashboards: bool, store: str = "auto") -> tuple[
     (building the dense chunks is not timed), and the peak resident memory growth in MiB."""
     stats = CoactivationStats(F, dashboards=dashboards, store=store)
     dt, n_tok = 0.0, 0
-    rss0 = _rss_mib()
+    rss0 = peak_rss_mib()
     for n, rows, cols, vals in chunks:
         f = torch.zeros(n, F)
         f[torch.from_numpy(rows), torch.from_numpy(cols)] = torch.from_numpy(vals)
@@ -199,14 +200,7 @@ def time_update(F: int, chunks, dashboards: bool, store: str = "auto") -> tuple[
     t0 = time.perf_counter()
     stats.upper()  # the result as the graph builder reads it (upper-triangle CSR)
     dt += time.perf_counter() - t0
-    return n_tok / dt, _rss_mib() - rss0
-
-
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return n_tok / dt, peak_rss_mib() - rss0
 
 
 def main(argv=None) -> None:

@@ -287,6 +287,18 @@ class PairSums:
             self._alloc(capacity)
             self._used = 0  # slots in use
 
+    @classmethod
+    def from_triangle(cls, count: np.ndarray, moment: np.ndarray) -> "PairSums":
+        """A triangle store over sums kept elsewhere in the same packed layout (the GPU path's, copied to the host)."""
+        T = len(moment)
+        F = int(round((np.sqrt(8 * T + 1) - 1) / 2))
+        if F * (F + 1) // 2 != T or len(count) != T:
+            raise ValueError(f"{T} entries are not a packed upper triangle")
+        out = cls(F, "triangle")  # its own zeros are never touched: no memory is mapped for them
+        out._cnt, out._mom = count, moment
+        out._used = int(np.count_nonzero(moment))
+        return out
+
     def _alloc(self, cap: int) -> None:
         self._keys = np.full(cap, _EMPTY, dtype=np.int64)
         self._cnt = np.zeros(cap, dtype=np.int64)

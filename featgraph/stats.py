@@ -350,9 +350,7 @@ class CoactivationStats:
             F = self.n_features
             parts = []
             if self._count is not None:  # the device path: its triangle, read as the host store
-                tri = PairSums(F, "triangle", dense_bytes=0)
-                tri._cnt, tri._mom = self._count.cpu().numpy(), self._moment.cpu().numpy()
-                tri._used = int(np.count_nonzero(tri._mom))
+                tri = PairSums.from_triangle(self._count.cpu().numpy(), self._moment.cpu().numpy())
                 parts.append(_upper_csr(*tri.to_coo(), F))
             elif self._pairs is not None:
                 parts.append(_upper_csr(*self._pairs.to_coo(), F))
