@@ -3,9 +3,18 @@
 Reconstruction, streamed over batches (:func:`reconstruction_metrics`):
 
 * FVU per hookpoint (FVU_A, mean-centred; *not* variance relative to 0 — see SAELens #659):
-  FVU_l = Σ_n ‖x_n^l − x̂_n^l‖² / Σ_n ‖x_n^l − μ^l‖², μ^l the mean over all tokens seen. The pooled FVU over the
-  concatenation is Σ_l num_l / Σ_l den_l — the variance-weighted mean; the plain mean has its own name. Both are
-  computed in the normalised space (mean norm √d_model per hookpoint, the space the loss is defined in).
+  FVU_l = num_l / den_l = Σ_n ‖x_n^l − x̂_n^l‖² / Σ_n ‖x_n^l − μ^l‖², μ^l the mean over all tokens seen, in the
+  normalised space (every hookpoint scaled by s_l to mean norm √d_model, the space the loss is defined in). Three
+  numbers summarise the hookpoints:
+
+  - ``fvu_pooled`` = Σ_l num_l / Σ_l den_l: the FVU of the concatenated vector in the normalised space, i.e. the
+    variance-weighted mean of the FVU_l (the training objective's own space: each hookpoint counts by its normalised
+    variance, roughly equally);
+  - ``fvu_unweighted_mean`` = mean_l FVU_l: every hookpoint counted equally whatever its variance (for comparing
+    layers);
+  - ``fvu_concatenated_raw`` = Σ_l num_l/s_l² / Σ_l den_l/s_l²: the FVU of the concatenated vector in raw activation
+    units, where hookpoints weigh by their raw variance (later layers, larger norms, count more) — what a user of the
+    raw reconstruction sees.
 * L0 (mean active latents per token), dead fraction (never fired), dense fraction (fire on > ``dense_above`` of
   tokens), shrinkage mean ‖x̂‖/‖x‖ per hookpoint, and latent scaling per feature (Minder et al. 2025):
   β_i = d_iᵀ(Σ_j f_ij x_j) / (‖d_i‖² Σ_j f_ij²), d_i the flattened decoder vector, x_j the target minus b_dec.
@@ -28,7 +37,7 @@ next-token distributions, in nats per token. Two conventions for which positions
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 
@@ -36,7 +45,8 @@ from .crosscoder import Crosscoder
 from .errors import FeatgraphError
 from .model_loading import require_patchable
 
-__all__ = ["CrosscoderMetrics", "SPLICE_CONVENTIONS", "SpliceConvention", "evaluate", "reconstruction_metrics", "splice_metrics"]
+__all__ = ["CrosscoderMetrics", "RECONSTRUCTION", "Reconstruct", "SPLICE_CONVENTIONS", "SpliceConvention", "SpliceRun", "decoder_reconstruction",
+           "evaluate", "reconstruction_metrics", "splice_in", "splice_metrics"]
 
 SpliceConvention = Literal["saelens", "keep_bos"]
 SPLICE_CONVENTIONS = ("saelens", "keep_bos")
@@ -50,9 +60,10 @@ class CrosscoderMetrics:
     fvu_per_hookpoint: list[float]
     """Mean-centred FVU at each hookpoint."""
     fvu_pooled: float
-    """Variance-weighted FVU over all hookpoints together."""
+    """FVU of the concatenated vector in the normalised space, Σ_l num_l / Σ_l den_l: the variance-weighted mean over
+    hookpoints, in the space the training loss is defined in."""
     fvu_unweighted_mean: float
-    """Plain mean of ``fvu_per_hookpoint``."""
+    """Plain mean of ``fvu_per_hookpoint``: every hookpoint counted equally, for comparing layers."""
     l0: float
     """Mean number of active features per token."""
     dead_fraction: float
@@ -75,6 +86,9 @@ class CrosscoderMetrics:
     splice_convention: str | None = None
     """Positions patched, zeroed and scored by the splice-in numbers: ``saelens`` (the whole tensor zeroed, BOS
     included; special-token positions left out) or ``keep_bos`` (BOS never touched); None when not computed."""
+    fvu_concatenated_raw: float | None = None
+    """FVU of the concatenated vector in raw activation units, Σ_l num_l/s_l² / Σ_l den_l/s_l²: hookpoints weighted by
+    their raw variance, as a user of the raw reconstruction sees it (None in records written before it existed)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +130,7 @@ def reconstruction_metrics(
         raise ValueError("no activations to evaluate")
     den_L = sumsq_L - sum_LD.pow(2).sum(dim=1) / n  # Σ‖x − μ‖² = Σ‖x‖² − n‖μ‖²
     fvu_L = (err_L / den_L.clamp_min(1e-12)).tolist()
+    s2_L = cc.norm_scale_L[cc.out_idx].double().pow(2)  # raw = normalised / s_l, so raw squared sums are / s_l²
     norm2_F = W_flat_FK.double().pow(2).sum(dim=1)
     beta_F = fx_F / (norm2_F * ff_F)
     defined_F = (ff_F > 0) & (norm2_F != 0)  # a NaN norm stays "defined", so a NaN decoder is reported, not hidden
@@ -130,6 +145,7 @@ def reconstruction_metrics(
         dense_fraction=(count_F / n > dense_above).float().mean().item(),
         shrinkage_per_hookpoint=(shrink_L / n).tolist(),
         latent_scaling_beta=torch.where(defined_F, beta_F, torch.nan).tolist(),
+        fvu_concatenated_raw=((err_L / s2_L).sum() / (den_L / s2_L).sum().clamp_min(1e-300)).item(),
     )
     _check_reconstruction(m, cc, inputs_finite=bool(torch.isfinite(sumsq_L).all() and torch.isfinite(sum_LD).all()),
                           defined_F=defined_F.tolist())
@@ -148,6 +164,7 @@ def _check_reconstruction(m: CrosscoderMetrics, cc: Crosscoder, inputs_finite: b
     for metric, values in (("FVU", m.fvu_per_hookpoint), ("shrinkage", m.shrinkage_per_hookpoint)):
         _require_finite(metric, values, m.hookpoints, cause)
     _require_finite("L0", [m.l0], None, cause)
+    _require_finite("FVU (concatenated, raw units)", [m.fvu_concatenated_raw], None, cause)
     bad = [i for i, (b, d) in enumerate(zip(m.latent_scaling_beta, defined_F)) if d and not _finite(b)]
     if bad:
         raise FeatgraphError(f"metric latent-scaling beta is {m.latent_scaling_beta[bad[0]]} for feature {bad[0]} (and "
@@ -184,16 +201,70 @@ def _scored_positions(tok_BT: torch.Tensor, convention: str, special_ids: list[i
     return keep_BT
 
 
-@torch.no_grad()
-def splice_metrics(
-    cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 16, convention: SpliceConvention = "saelens",
-    special_token_ids: Sequence[int] | None = None,
-) -> dict[str, list[float] | float | str]:
-    """Splice-in CE (clean, spliced, zero-ablated), CE loss recovered and KL(clean ‖ spliced) at every written
-    hookpoint, as per-token means pooled over ``tokens_NT`` (BOS at position 0).
+Reconstruct = Callable[[torch.Tensor], Iterable[tuple[str, torch.Tensor]]]
+"""Codes of a batch f_BF (B·(T−1), F) → the named raw reconstructions (B·(T−1), L_out, D) to splice in, one at a time
+(a generator keeps one in memory at a time); every batch yields the same names."""
+RECONSTRUCTION = "reconstruction"
+"""Name of the crosscoder's own reconstruction in a :class:`SpliceRun`."""
 
-    ``convention`` picks the positions (module docstring): ``saelens`` (default) or ``keep_bos``.
-    ``special_token_ids`` overrides the tokenizer's special tokens that ``saelens`` leaves out.
+
+def decoder_reconstruction(cc: Crosscoder) -> Reconstruct:
+    """The crosscoder's own reconstruction, named ``reconstruction``: ``cc.decode(f)`` (what :func:`splice_metrics` splices)."""
+    def reconstruct(f_BF: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        yield RECONSTRUCTION, cc.decode(f_BF)
+
+    return reconstruct
+
+
+@dataclass
+class SpliceRun:
+    """Splice-in losses of one or more reconstructions (:func:`splice_in`), pooled over tokens, and per token if asked."""
+
+    hookpoints: list[str]
+    """The written hookpoints the per-hookpoint lists refer to."""
+    convention: str
+    """``saelens`` or ``keep_bos`` (module docstring)."""
+    ce_clean: float
+    """Mean CE of the clean model over the scored predictions."""
+    ce_zero_ablated: list[float]
+    """Mean CE with each hookpoint zero-ablated."""
+    ce_spliced: dict[str, list[float]]
+    """Reconstruction name → mean CE with it spliced in at each hookpoint."""
+    kl: dict[str, list[float]]
+    """Reconstruction name → KL(clean ‖ spliced) in nats per token at each hookpoint."""
+    n_scored: int
+    """Number of scored predictions (the CE denominator)."""
+    token_pos_N2: torch.Tensor | None = None
+    """(N, 2) int64 (row, t) of each scored prediction — that of token t+1 made from position t — when ``per_token``."""
+    token_ce_clean_N: torch.Tensor | None = None
+    """(N,) float64 clean CE of each scored prediction, when ``per_token``."""
+    token_ce_spliced_NL: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Reconstruction name → (N, L) float64 CE of each scored prediction with it spliced in at each hookpoint."""
+
+    def ce_loss_recovered(self, name: str = RECONSTRUCTION) -> list[float]:
+        """(CE_zero − CE_splice) / (CE_zero − CE_clean) at each hookpoint; NaN where zero-ablating leaves the loss as it is."""
+        return [(z - s) / (z - self.ce_clean) if abs(z - self.ce_clean) > 1e-9 else float("nan")
+                for s, z in zip(self.ce_spliced[name], self.ce_zero_ablated)]
+
+    def summary(self, name: str = RECONSTRUCTION) -> dict[str, list[float] | float | str]:
+        """The :class:`CrosscoderMetrics` splice-in fields for reconstruction ``name``."""
+        return {"ce_clean": self.ce_clean, "ce_spliced": self.ce_spliced[name], "ce_zero_ablated": self.ce_zero_ablated,
+                "ce_loss_recovered": self.ce_loss_recovered(name), "kl_per_hookpoint": self.kl[name],
+                "splice_convention": self.convention}
+
+
+@torch.no_grad()
+def splice_in(
+    cc: Crosscoder, model, tokens_NT: torch.Tensor, reconstruct: Reconstruct | None = None, batch_size: int = 16,
+    convention: SpliceConvention = "saelens", special_token_ids: Sequence[int] | None = None, per_token: bool = False,
+) -> SpliceRun:
+    """Splice-in CE and KL of every reconstruction ``reconstruct`` yields (default: ``cc.decode`` of the codes,
+    :func:`decoder_reconstruction`) at every written hookpoint, with the clean and zero-ablated CE they are measured
+    against; the model runs once clean and once zero-ablated per hookpoint and batch, and once per reconstruction and
+    hookpoint. ``per_token`` also keeps every scored prediction's CE (clean, and spliced per reconstruction).
+
+    ``convention`` picks the positions (module docstring); ``special_token_ids`` overrides the tokenizer's special
+    tokens that ``saelens`` leaves out.
     """
     from .harvest import harvest
 
@@ -202,13 +273,20 @@ def splice_metrics(
     writes, dev = cc.cfg.writes, model.cfg.device
     require_patchable(model, writes, "splice-in metrics")
     special_ids = _special_token_ids(model, special_token_ids)
+    L = len(writes)
     ce_clean, n_ce, n_kl = 0.0, 0, 0  # pooled sums over tokens (float64) and their counts
-    ce_splice_L, ce_zero_L, kl_L = [0.0] * len(writes), [0.0] * len(writes), [0.0] * len(writes)
+    ce_zero_L: list[float] = [0.0] * L
+    ce_splice: dict[str, list[float]] = {} if reconstruct else {RECONSTRUCTION: [0.0] * L}
+    kl: dict[str, list[float]] = {} if reconstruct else {RECONSTRUCTION: [0.0] * L}
+    reconstruct = reconstruct or decoder_reconstruction(cc)
+    pos_parts: list[torch.Tensor] = []
+    clean_parts: list[torch.Tensor] = []
+    splice_parts: dict[str, list[list[torch.Tensor]]] = {}
     for start in range(0, tokens_NT.shape[0], batch_size):
         tok_BT = tokens_NT[start : start + batch_size].to(dev)
         B, T = tok_BT.shape
         acts_BLD = next(harvest(model, tok_BT, cc.cfg.all_hookpoints, batch_size=B, device=cc.device))
-        x_hat_BTLD = cc(acts_BLD).view(B, T - 1, len(writes), -1)
+        f_BF = cc.encode(acts_BLD)
         keep_BT = _scored_positions(tok_BT, convention, special_ids)
         # CE of the prediction made from position t (of token t+1, t < T−1); KL of the distribution at position t
         if convention == "saelens":
@@ -217,25 +295,56 @@ def splice_metrics(
             ce_mask_Bt = torch.ones_like(keep_BT[:, :-1])
             kl_mask_BT = torch.cat([ce_mask_Bt, torch.zeros_like(keep_BT[:, :1])], dim=1)
         logp_clean_BTV = model(tok_BT).float().log_softmax(-1)
-        ce_clean += _token_ce(logp_clean_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+        ce_clean_Bt = _token_ce(logp_clean_BTV, tok_BT)
+        ce_clean += ce_clean_Bt[ce_mask_Bt].double().sum().item()
         n_ce, n_kl = n_ce + int(ce_mask_Bt.sum()), n_kl + int(kl_mask_BT.sum())
-        for l, name in enumerate(writes):
-            splice_hook = _splice_hook(x_hat_BTLD[:, :, l].to(dev), keep_BT)
-            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(name, splice_hook)]).float().log_softmax(-1)
-            ce_splice_L[l] += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
-            kl_BT = (logp_clean_BTV.exp() * (logp_clean_BTV - logp_BTV)).sum(-1)
-            kl_L[l] += kl_BT[kl_mask_BT].double().sum().item()
-            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(name, _zero_hook(convention))]).float().log_softmax(-1)
+        if per_token:
+            rows_t = ce_mask_Bt.nonzero()
+            pos_parts.append(torch.stack([rows_t[:, 0] + start, rows_t[:, 1]], dim=1).cpu())
+            clean_parts.append(ce_clean_Bt[ce_mask_Bt].double().cpu())
+        for name, x_hat_BLD in reconstruct(f_BF):
+            x_hat_BTLD = x_hat_BLD.view(B, T - 1, L, -1)
+            sums_L, kl_L = ce_splice.setdefault(name, [0.0] * L), kl.setdefault(name, [0.0] * L)
+            for l, hook_name in enumerate(writes):
+                splice_hook = _splice_hook(x_hat_BTLD[:, :, l].to(dev), keep_BT)
+                logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(hook_name, splice_hook)]).float().log_softmax(-1)
+                ce_Bt = _token_ce(logp_BTV, tok_BT)
+                sums_L[l] += ce_Bt[ce_mask_Bt].double().sum().item()
+                kl_BT = (logp_clean_BTV.exp() * (logp_clean_BTV - logp_BTV)).sum(-1)
+                kl_L[l] += kl_BT[kl_mask_BT].double().sum().item()
+                if per_token:
+                    splice_parts.setdefault(name, [[] for _ in range(L)])[l].append(ce_Bt[ce_mask_Bt].double().cpu())
+        for l, hook_name in enumerate(writes):
+            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(hook_name, _zero_hook(convention))]).float().log_softmax(-1)
             ce_zero_L[l] += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+    n_scored = n_ce
     n_ce, n_kl = max(n_ce, 1), max(n_kl, 1)
-    clean = ce_clean / n_ce
-    splice, zero = [v / n_ce for v in ce_splice_L], [v / n_ce for v in ce_zero_L]
-    kl = [v / n_kl for v in kl_L]
-    _check_splice(cc, model, clean, splice, zero, kl)
-    # undefined (NaN, null in JSON) where zero-ablating the hookpoint leaves the loss as it is
-    recovered = [(z - s) / (z - clean) if abs(z - clean) > 1e-9 else float("nan") for s, z in zip(splice, zero)]
-    return {"ce_clean": clean, "ce_spliced": splice, "ce_zero_ablated": zero, "ce_loss_recovered": recovered,
-            "kl_per_hookpoint": kl, "splice_convention": convention}
+    clean, zero = ce_clean / n_ce, [v / n_ce for v in ce_zero_L]
+    run = SpliceRun(list(writes), convention, clean, zero, {k: [v / n_ce for v in vs] for k, vs in ce_splice.items()},
+                    {k: [v / n_kl for v in vs] for k, vs in kl.items()}, n_scored)
+    if per_token:
+        run.token_pos_N2 = torch.cat(pos_parts) if pos_parts else torch.zeros(0, 2, dtype=torch.long)
+        run.token_ce_clean_N = torch.cat(clean_parts) if clean_parts else torch.zeros(0, dtype=torch.float64)
+        run.token_ce_spliced_NL = {k: torch.stack([torch.cat(p) for p in parts], dim=1) for k, parts in splice_parts.items()}
+    for name in run.ce_spliced:
+        _check_splice(cc, model, clean, run.ce_spliced[name], zero, run.kl[name])
+    return run
+
+
+@torch.no_grad()
+def splice_metrics(
+    cc: Crosscoder, model, tokens_NT: torch.Tensor, batch_size: int = 16, convention: SpliceConvention = "saelens",
+    special_token_ids: Sequence[int] | None = None,
+) -> dict[str, list[float] | float | str]:
+    """Splice-in CE (clean, spliced, zero-ablated), CE loss recovered and KL(clean ‖ spliced) at every written
+    hookpoint, as per-token means pooled over ``tokens_NT`` (BOS at position 0): :func:`splice_in` of the crosscoder's
+    own reconstruction.
+
+    ``convention`` picks the positions (module docstring): ``saelens`` (default) or ``keep_bos``.
+    ``special_token_ids`` overrides the tokenizer's special tokens that ``saelens`` leaves out.
+    """
+    return splice_in(cc, model, tokens_NT, batch_size=batch_size, convention=convention,
+                     special_token_ids=special_token_ids).summary()
 
 
 def _check_splice(cc: Crosscoder, model, clean: float, splice: list[float], zero: list[float], kl: list[float]) -> None:

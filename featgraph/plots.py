@@ -27,6 +27,8 @@ __all__ = [
     "figure_png", "save_png", "short_hookpoint", "metrics_figure", "peak_order", "layer_profile_figure",
     "rel_norm_counts", "rel_norm_figure", "quadrant_figure", "community_sizes_figure", "CommunityFlows",
     "community_flows", "SankeyBand", "sankey_layout", "sankey_figure",
+    "drop_k_figure", "hookpoint_table_figure", "ce_diff_histogram_figure", "correlation_figure", "embedding_figure",
+    "diagnose_figures",
 ]
 
 SHARED_BAND = (0.3, 0.7)
@@ -381,3 +383,168 @@ def sankey_figure(flows: CommunityFlows, left_name: str = "A", right_name: str =
     ax.set_title(f"community flow {left_name} → {right_name}: {int(counts.sum())} shared features"
                  f" ({flows.only_left} only in {left_name}, {flows.only_right} only in {right_name})", fontsize=9)
     return fig
+
+
+# ---------------------------------------------------------------- dictionary diagnostics (featgraph.diagnose)
+# Each takes the JSON form of a featgraph.diagnose result (to_dict(), or read back from diagnose.json: NaN as None).
+
+DROP_COLORS = {"weakest": "#2a7ab0", "random": "#7f7f7f", "strongest": "#d62728"}
+
+
+def _nan_array(v) -> np.ndarray:
+    """A nested list of numbers (None for NaN, as strict JSON writes it) as a float array."""
+    if isinstance(v, (list, tuple)):
+        return np.array([_nan_array(x) for x in v], dtype=float) if v and isinstance(v[0], (list, tuple)) else \
+            np.array([np.nan if x is None else float(x) for x in v], dtype=float)
+    return np.array(np.nan if v is None else float(v), dtype=float)
+
+
+def drop_k_figure(drop_k: Mapping, max_cols: int = 6):
+    """Per written hookpoint: FVU (top) and splice-in CE loss recovered (below, when measured) against k, the number
+    of active features zeroed on each token, for the weakest, random and strongest ones; the k at which CE loss
+    recovered (weakest) first drops by more than 1 % of its k = 0 value is marked."""
+    hps, ks = list(drop_k["hookpoints"]), np.asarray(drop_k["k_values"], dtype=float)
+    L, modes = len(hps), list(drop_k["modes"])
+    has_ce = bool(drop_k.get("ce_loss_recovered"))
+    panels = [("fvu", "FVU (↓)")] + ([("ce_loss_recovered", "CE loss recovered (↑)")] if has_ce else [])
+    cols = min(L, max_cols)
+    blocks = -(-L // cols)
+    fig = _figure(max(4.0, 2.6 * cols), 2.3 * blocks * len(panels) + 0.4)
+    axes = fig.subplots(blocks * len(panels), cols, squeeze=False)
+    first = list(drop_k.get("k_first_drop") or [])
+    for l, h in enumerate(hps):
+        b, c = divmod(l, cols)
+        for p, (key, label) in enumerate(panels):
+            ax = axes[b * len(panels) + p, c]
+            for m in modes:
+                y = _nan_array(drop_k[key][m])[:, l]
+                ax.plot(ks, y, marker="o", markersize=2.5, linewidth=1.2, color=DROP_COLORS.get(m, "#444444"), label=m)
+            if key == "ce_loss_recovered" and l < len(first) and first[l] is not None:
+                ax.axvline(first[l], color="#e07b00", linestyle="--", linewidth=1, label=f"−1 % at k = {first[l]}")
+            ax.set_title(f"{short_hookpoint(h)}: {label}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if b == blocks - 1 and p == len(panels) - 1:
+                ax.set_xlabel("k features zeroed per token", fontsize=8)
+            if l == 0 or (key == "ce_loss_recovered" and l < len(first) and first[l] is not None):
+                ax.legend(fontsize=6, frameon=False, loc="best")
+    for l in range(L, blocks * cols):
+        b, c = divmod(l, cols)
+        for p in range(len(panels)):
+            axes[b * len(panels) + p, c].set_visible(False)
+    return fig
+
+
+def hookpoint_table_figure(table: Mapping):
+    """Along the written hookpoints: mean raw activation norm, shrinkage ‖x̂‖/‖x‖, FVU, splice-in CE loss recovered
+    and KL (when measured), and each hookpoint's share of the active decoder mass."""
+    hps = list(table["hookpoints"])
+    x = np.arange(len(hps))
+    panels = [("act_norm", "mean ‖a‖ (raw)"), ("shrinkage", "shrinkage ‖x̂‖/‖x‖"), ("fvu", "FVU (↓)")]
+    if table.get("ce_loss_recovered"):
+        panels += [("ce_loss_recovered", "CE loss recovered (↑)"), ("kl", "KL nats/token (↓)")]
+    panels.append(("decoder_mass", "decoder mass share"))
+    fig = _figure(max(6.0, 2.0 * len(panels)), 2.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, title) in zip(axes, panels):
+        ax.plot(x, _nan_array(table[key]), marker="o", color="#3b6ea8")
+        if key == "shrinkage":
+            ax.axhline(1.0, color="#999999", linewidth=0.8, linestyle=":")
+        ax.set_xticks(x, [short_hookpoint(h) for h in hps], rotation=30, ha="right", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"L0 {_fmt_num(table.get('l0'))}, dead {_fmt_num(table.get('dead_fraction'))}, "
+                 f"dense {_fmt_num(table.get('dense_fraction'))}", fontsize=8)
+    return fig
+
+
+def _fmt_num(v) -> str:
+    return "n/a" if v is None or not np.isfinite(float(v)) else f"{float(v):.3g}"
+
+
+def ce_diff_histogram_figure(per_token: Mapping):
+    """Histogram of the per-token CE difference (spliced − clean) at each written hookpoint (log counts), with each
+    hookpoint's 99th percentile marked."""
+    hps = list(per_token["hookpoints"])
+    edges = np.asarray(per_token["histogram"]["edges"], dtype=float)
+    colors = community_colors(len(hps))
+    fig = _figure(6.4, 3.2)
+    ax = fig.subplots()
+    p99 = _nan_array(per_token["quantiles"].get("p99", [None] * len(hps)))
+    for l, h in enumerate(hps):
+        counts = np.asarray(per_token["histogram"]["counts"][l], dtype=float)
+        ax.stairs(counts, edges, color=colors[l], label=f"{short_hookpoint(h)} (p99 {_fmt_num(p99[l])})")
+        if np.isfinite(p99[l]):
+            ax.axvline(p99[l], color=colors[l], linestyle=":", linewidth=0.8)
+    ax.axvline(0.0, color="#444444", linewidth=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("CE spliced − CE clean per token (nats)", fontsize=9)
+    ax.set_ylabel("tokens", fontsize=9)
+    ax.set_title(f"per-token loss difference, {per_token['n_tokens']} tokens", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    return fig
+
+
+def correlation_figure(per_token: Mapping):
+    """Heatmap of the Pearson correlation of per-token CE differences across hookpoints (grey: undefined)."""
+    hps = [short_hookpoint(h) for h in per_token["hookpoints"]]
+    C = _nan_array(per_token["correlation"]).reshape(len(hps), len(hps))
+    fig = _figure(max(3.4, 1.6 + 0.55 * len(hps)), max(3.0, 1.2 + 0.5 * len(hps)))
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    im = ax.imshow(np.ma.masked_invalid(C), cmap=colormaps["RdBu_r"].with_extremes(bad="#dddddd"), vmin=-1, vmax=1)
+    for i in range(len(hps)):
+        for j in range(len(hps)):
+            ax.text(j, i, "n/a" if not np.isfinite(C[i, j]) else f"{C[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(hps)), hps, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(hps)), hps, fontsize=7)
+    ax.set_title("correlation of per-token CE difference", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def embedding_figure(per_token: Mapping):
+    """The 2-D embedding of sampled tokens by their feature activations, coloured by the per-token CE difference at
+    one hookpoint (diverging around 0)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    e = per_token["embedding"]
+    x, y, c = _nan_array(e["x"]), _nan_array(e["y"]), _nan_array(e["ce_diff"])
+    fig = _figure(5.6, 4.6)
+    ax = fig.subplots()
+    ok = np.isfinite(c)
+    lo, hi = (float(np.nanmin(c)), float(np.nanmax(c))) if ok.any() else (-1.0, 1.0)
+    norm = TwoSlopeNorm(0.0, min(lo, -1e-6), max(hi, 1e-6))
+    order = np.argsort(np.abs(np.where(ok, c, 0.0)))  # largest differences drawn last, on top
+    sc = ax.scatter(x[order], y[order], c=c[order], s=7, cmap="RdBu_r", norm=norm, linewidths=0)
+    cb = fig.colorbar(sc, ax=ax, shrink=0.85)
+    cb.set_label(f"CE spliced − clean at {short_hookpoint(e['hookpoint'])}", fontsize=8)
+    ax.set_title(f"{e['n']} tokens by their feature activations ({e['method']})", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+def diagnose_figures(doc: Mapping) -> dict[str, object]:
+    """File stem → figure for each part a ``diagnose.json`` document holds (drop-k, hookpoint table, per-token loss, and
+    prune vs penalty and the width sweep when they were run)."""
+    figs: dict[str, object] = {}
+    if doc.get("hookpoint_table"):
+        figs["hookpoints"] = hookpoint_table_figure(doc["hookpoint_table"])
+    if doc.get("drop_k"):
+        figs["drop_k"] = drop_k_figure(doc["drop_k"])
+    pt = doc.get("per_token")
+    if pt:
+        figs["ce_diff_histogram"] = ce_diff_histogram_figure(pt)
+        if len(pt["hookpoints"]) > 1:
+            figs["ce_diff_correlation"] = correlation_figure(pt)
+        if pt.get("embedding"):
+            figs["embedding"] = embedding_figure(pt)
+    if doc.get("prune_vs_penalty") or doc.get("width_sweep"):
+        from .diagnose_train import PruneVsPenalty, WidthSweep, prune_vs_penalty_figure, width_sweep_figure
+
+        if doc.get("prune_vs_penalty"):
+            figs["prune_vs_penalty"] = prune_vs_penalty_figure(PruneVsPenalty.from_dict(doc["prune_vs_penalty"]))
+        if doc.get("width_sweep"):
+            figs["width_sweep"] = width_sweep_figure(WidthSweep.from_dict(doc["width_sweep"]))
+    return figs

@@ -4,7 +4,8 @@
 The folder is scanned, not assumed: every ``*.html`` (a graph page), every ``*.json`` sorted by what it holds —
 a node-link graph (``nodes`` + ``links``; loaded with :func:`featgraph.export.read_json`), a crosscoder's
 ``cfg.json`` with metrics, a metrics or demo ``summary.json``, a study ``report.json`` (``feature_diff``,
-``quadrant_points``, ...), a ``rel_norm`` list (``model_diff.json``), interaction rows — and every ``*.csv`` of
+``quadrant_points``, ...), a ``rel_norm`` list (``model_diff.json``), interaction rows, a ``diagnose.json`` of
+``featgraph crosscoder diagnose`` (the "Dictionary diagnostics" section) — and every ``*.csv`` of
 interaction rows. Each section appears when its inputs exist and says "not in this folder" otherwise. Images are
 matplotlib PNGs (:mod:`featgraph.plots`) embedded as data URIs, so the page needs no network and no files beside
 it; every string from a model, the data or a file is escaped. The page is written atomically.
@@ -45,6 +46,8 @@ MAX_GRAPHS = 8
 MAX_FLOWS = 4
 TABLE_ROWS = 20
 MAX_JSON_BYTES = 256 << 20
+DIAGNOSE_FORMAT = "featgraph.diagnose"
+"""``format`` of the diagnose.json written by ``featgraph crosscoder diagnose``."""
 _E = html.escape
 
 
@@ -101,12 +104,14 @@ class FolderContents:
     """Study ``report.json`` files."""
     rel_norms: list[FoundRelNorm] = field(default_factory=list)
     interactions: list[tuple[str, list[dict]]] = field(default_factory=list)
+    diagnostics: list[tuple[Path, dict]] = field(default_factory=list)
+    """``diagnose.json`` files of ``featgraph crosscoder diagnose``."""
     skipped: list[str] = field(default_factory=list)
     """Files that looked like inputs but could not be read, with the reason."""
 
     def empty(self) -> bool:
         return not (self.pages or self.graphs or self.metrics or self.summaries or self.studies or self.rel_norms
-                    or self.interactions)
+                    or self.interactions or self.diagnostics)
 
 
 # ---------------------------------------------------------------- scanning
@@ -157,6 +162,11 @@ def _classify(rel: Path, doc: Any, found: FolderContents, abs_path: Path) -> Non
             found.graphs.append(FoundGraph(rel, read_json(abs_path)))
         except Exception as e:  # a node-link file this package cannot read: say so on the page, keep going
             found.skipped.append(f"{rel.as_posix()}: not a readable feature graph ({type(e).__name__}: {e})")
+        return
+    if doc.get("format") == DIAGNOSE_FORMAT:
+        found.diagnostics.append((rel, doc))
+        if _is_metrics(doc.get("metrics")):
+            found.metrics.append(_metrics(rel.parent.as_posix() if rel.parent != Path(".") else found.folder.name, doc["metrics"]))
         return
     if doc.get("format") == "featgraph.crosscoder":
         m = (doc.get("extra") or {}).get("metrics")
@@ -589,6 +599,159 @@ def _interactions(found: FolderContents) -> str:
                                      "or a study report.json with interactions)")
 
 
+# ---------------------------------------------------------------- dictionary diagnostics (featgraph crosscoder diagnose)
+
+WORST_SHOWN = 10
+"""Worst tokens shown per hookpoint."""
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    """An escaped HTML table (numbers through :func:`_fmt`)."""
+    h = "".join(f"<th>{_E(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{_E(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f'<table class="rows"><tr>{h}</tr>{body}</table>'
+
+
+def _at(v: Any, i: int) -> Any:
+    return v[i] if isinstance(v, list) and i < len(v) else None
+
+
+def _drawn(make: Callable[[], Any], alt: str) -> str:
+    """A figure drawn from the JSON, or one line saying why it could not be (a file from another version)."""
+    try:
+        return _img(make(), alt)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        return f'<p class="absent">{_E(alt)}: cannot be drawn from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>'
+
+
+def _diagnose_hookpoints(t: dict) -> str:
+    hps = list(t.get("hookpoints") or [])
+    rows = [[h, _at(t.get("act_norm"), l), _at(t.get("shrinkage"), l), _at(t.get("fvu"), l), _at(t.get("ce_loss_recovered"), l),
+             _at(t.get("kl"), l), _at(t.get("decoder_mass"), l)] for l, h in enumerate(hps)]
+    table = _table(["hookpoint", "mean ‖a‖ (raw)", "shrinkage ‖x̂‖/‖x‖", "FVU", "CE loss recovered", "KL (nats/token)",
+                    "decoder mass share"], rows)
+    wide = _kv_table([(k.replace("_", " "), t.get(k)) for k in ("l0", "dead_fraction", "dense_fraction", "fvu_pooled",
+                                                                 "fvu_unweighted_mean", "fvu_concatenated_raw", "n_tokens",
+                                                                 "splice_convention")])
+    note = ("<p class=\"note\">FVU pooled: the concatenated vector in the normalised space (the training objective's); "
+            "mean of hookpoints: each layer counted equally; concatenated raw: the model's own units, larger-norm layers "
+            "counting more. L0, dead and dense fractions are one number for the whole dictionary.</p>")
+    return "<h4>per hookpoint</h4>" + _drawn(lambda: plots.hookpoint_table_figure(t), "per-hookpoint table") + table + wide + note
+
+
+def _diagnose_drop_k(d: dict) -> str:
+    first = list(d.get("k_first_drop") or [])
+    hps = list(d.get("hookpoints") or [])
+    ks = list(d.get("k_values") or [])
+    note = (f'<p class="note">On each token the k weakest / random / strongest active features are zeroed (strength: '
+            f'{_E(str(d.get("score", "")))}; random: seed {_E(_fmt(d.get("seed")))}); a token with fewer than k loses all. '
+            f'k = {_E(_fmt(ks[0]) if ks else "?")} … {_E(_fmt(ks[-1]) if ks else "?")}; at most {_E(_fmt(d.get("max_active")))} '
+            f'features active on one token.</p>')
+    rows = [[h, "never" if _at(first, l) is None else _at(first, l),
+             _at(_at((d.get("ce_loss_recovered") or {}).get("weakest"), 0), l), _at(_at(d.get("fvu", {}).get("weakest"), 0), l)]
+            for l, h in enumerate(hps)] if first else []
+    table = _table(["hookpoint", "k where CE recovered (weakest) first falls > 1 %", "CE recovered at k = 0", "FVU at k = 0"], rows) if rows else ""
+    return "<h4>drop-k curves</h4>" + note + _drawn(lambda: plots.drop_k_figure(d), "drop-k curves") + table
+
+
+def _context_cell(r: dict) -> str:
+    ctx = "".join(str(x) for x in (r.get("context") or []))
+    return f"…{ctx}⟦{r.get('token', '')}⟧ → {r.get('next_token', '')}"
+
+
+def _diagnose_per_token(p: dict) -> str:
+    hps = list(p.get("hookpoints") or [])
+    q = p.get("quantiles") or {}
+    keys = [k for k in ("p50", "p90", "p99", "p99.9", "max") if k in q]
+    rows = [[h, _at(p.get("mean"), l), *[_at(q[k], l) for k in keys]] for l, h in enumerate(hps)]
+    parts = ["<h4>per-token loss: CE spliced − CE clean (nats)</h4>",
+             f'<p class="note">{_E(_fmt(p.get("n_tokens")))} scored tokens ({_E(str(p.get("splice_convention")))} positions); '
+             "a correlation is n/a where a hookpoint's differences are constant.</p>",
+             _table(["hookpoint", "mean", *keys], rows),
+             _drawn(lambda: plots.ce_diff_histogram_figure(p), "per-token CE difference histogram")]
+    if len(hps) > 1:
+        parts.append(_drawn(lambda: plots.correlation_figure(p), "correlation of per-token CE difference"))
+    emb = p.get("embedding")
+    if isinstance(emb, dict):
+        parts.append(f'<p class="note">embedding: {_E(str(emb.get("note", emb.get("method", ""))))}; '
+                     f'{_E(_fmt(emb.get("n")))} tokens, {_E(_fmt(emb.get("features_used")))} features that fire on them</p>')
+        parts.append(_drawn(lambda: plots.embedding_figure(p), "token embedding"))
+    for h, ws in (p.get("worst") or {}).items():
+        if not isinstance(ws, list) or not ws:
+            continue
+        rows = [[i + 1, w.get("ce_diff"), w.get("ce_clean"), w.get("row"), w.get("position"), _context_cell(w)]
+                for i, w in enumerate(ws[:WORST_SHOWN]) if isinstance(w, dict)]
+        parts.append(f"<h5>worst tokens at <code>{_E(str(h))}</code></h5>" +
+                     _table(["rank", "CE diff", "CE clean", "row", "position", "context ⟦token⟧ → next token"], rows))
+    return "".join(parts)
+
+
+def _ce_of(arm: dict) -> Any:
+    """Mean CE loss recovered of one arm over the hookpoints where it is defined (None if none)."""
+    v = [x for x in (arm.get("ce_loss_recovered") or []) if isinstance(x, (int, float)) and math.isfinite(x)]
+    return sum(v) / len(v) if v else None
+
+
+def _diagnose_prune(r: dict) -> str:
+    knob = "λ" if r.get("knob") == "l1_coeff" else "k"
+    setting = lambda a: a.get("l1_coeff") if r.get("knob") == "l1_coeff" else a.get("k")  # noqa: E731
+    rows = [["parent", "", "", r["parent"].get("l0"), r["parent"].get("fvu_pooled"), _ce_of(r["parent"])],
+            [f"control (fine-tune at the parent's {knob})", "", setting(r["control"]), r["control"].get("l0"),
+             r["control"].get("fvu_pooled"), _ce_of(r["control"])]]
+    for t in r.get("targets") or []:
+        pr, pe = t["pruning"], t["penalty"]
+        rows.append([f"pruning: {pr.get('n_pruned')} most frequent off", t.get("target_l0"), "", pr.get("l0"), pr.get("fvu_pooled"), _ce_of(pr)])
+        reached = "" if pe.get("reached", True) else " (target not reached)"
+        rows.append([f"penalty: fine-tune at a sparser {knob}{reached}", t.get("target_l0"), setting(pe), pe.get("l0"), pe.get("fvu_pooled"),
+                     _ce_of(pe)])
+    note = (f'<p class="note">Every number on the same {_E(_fmt(r.get("eval_rows")))} held-out rows; fine-tunes of '
+            f'{_E(_fmt(r.get("train_steps")))} steps from the parent on its training rows; frequencies counted on '
+            f'{_E(_fmt(r.get("frequency_rows")))} training rows. {_E(str(r.get("selection", "")))}. '
+            + _E(" ".join(str(n) for n in r.get("notes") or [])) + "</p>")
+    return ("<h4>L0 by pruning vs by penalty</h4>" + note
+            + _drawn(lambda: plots.diagnose_figures({"prune_vs_penalty": r})["prune_vs_penalty"], "pruning vs penalty")
+            + _table(["arm", "target L0", knob, "L0 (held-out)", "FVU pooled", "CE recovered (mean of hookpoints)"], rows))
+
+
+def _diagnose_widths(w: dict) -> str:
+    hps = list(w.get("hookpoints") or [])
+    rows = [[r.get("n_features"), r.get("l0"), r.get("fvu_pooled"), *[_at(r.get("fvu_per_hookpoint"), l) for l in range(len(hps))],
+             _ce_of(r), r.get("dead_fraction")] for r in w.get("runs") or []]
+    note = (f'<p class="note">Short runs from scratch ({_E(_fmt(w.get("train_steps")))} steps each) with the crosscoder\'s '
+            f'config at each width; metrics on {_E(_fmt(w.get("eval_rows")))} held-out rows. '
+            + _E(" ".join(str(n) for n in w.get("notes") or [])) + "</p>")
+    return ("<h4>width sweep</h4>" + note + _drawn(lambda: plots.diagnose_figures({"width_sweep": w})["width_sweep"], "width sweep")
+            + _table(["n_features", "L0", "FVU pooled", *[f"FVU {plots.short_hookpoint(h)}" for h in hps], "CE recovered (mean)",
+                      "dead fraction"], rows))
+
+
+def _diagnose_training(doc: dict) -> str:
+    """The training-based parts (L0 by pruning vs by penalty, the width sweep) when they were run."""
+    parts = []
+    for key, draw in (("prune_vs_penalty", _diagnose_prune), ("width_sweep", _diagnose_widths)):
+        if isinstance(doc.get(key), dict):
+            try:
+                parts.append(draw(doc[key]))
+            except (KeyError, TypeError, AttributeError) as e:  # a file from another version
+                parts.append(f'<p class="absent">{_E(key)}: cannot be shown from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>')
+    return "".join(parts)
+
+
+def _diagnostics(found: FolderContents) -> str:
+    if not found.diagnostics:
+        return _absent("dictionary diagnostics (diagnose.json from `featgraph crosscoder diagnose`)")
+    parts = []
+    for rel, doc in found.diagnostics[:MAX_GRAPHS]:
+        about = ", ".join(f"{k} {_fmt(doc.get(k))}" for k in ("architecture", "n_features", "model", "rows", "seed") if doc.get(k) is not None)
+        parts.append(f"<h3><code>{_E(rel.as_posix())}</code></h3>"
+                     f'<p class="note">crosscoder <code>{_E(str(doc.get("crosscoder", "?")))}</code>: {_E(about)}</p>')
+        for key, draw in (("hookpoint_table", _diagnose_hookpoints), ("drop_k", _diagnose_drop_k), ("per_token", _diagnose_per_token)):
+            if isinstance(doc.get(key), dict):
+                parts.append(draw(doc[key]))
+        parts.append(_diagnose_training(doc))
+    return "".join(parts) + _more([r.as_posix() for r, _ in found.diagnostics], MAX_GRAPHS, "diagnose.json files")
+
+
 SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
     ("metrics", "Crosscoder metrics: FVU, L0, dead fraction", lambda found, out_dir: _metrics_section(found)),
     ("layer-profiles", "Layer profiles", lambda found, out_dir: _layer_profiles(found)),
@@ -598,6 +761,7 @@ SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
     ("rel-norm", "Relative decoder norm", lambda found, out_dir: _rel_norm(found)),
     ("quadrant", "Stage cosines: the bottom-left quadrant", lambda found, out_dir: _quadrant(found)),
     ("interactions", "Top interactions", lambda found, out_dir: _interactions(found)),
+    ("diagnostics", "Dictionary diagnostics", lambda found, out_dir: _diagnostics(found)),
 ]
 """(section id, heading, make(found, out_dir) → HTML; out_dir is where the report is written, for relative links)."""
 
