@@ -473,16 +473,21 @@ def _pca_2d(X_nF: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
 @torch.no_grad()
 def _codes_at(cc: Crosscoder, model, tokens_NT: torch.Tensor, pos_n2: np.ndarray, batch_size: int) -> np.ndarray:
-    """(n, F) feature activations at the (row, position ≥ 1) pairs ``pos_n2``."""
+    """(n, F) feature activations at the (row, position ≥ 1) pairs ``pos_n2``; only the sampled positions of each
+    batch are kept (memory n·F, not rows·T·F)."""
     rows = np.unique(pos_n2[:, 0])
     where = {int(r): i for i, r in enumerate(rows)}
     T = tokens_NT.shape[1]
-    chunks = []
+    flat_n = torch.as_tensor(np.array([where[int(r)] * (T - 1) + int(t) - 1 for r, t in pos_n2], dtype=np.int64))
+    out_nF = torch.zeros(len(pos_n2), cc.cfg.n_features)
+    start = 0  # flat index of the batch's first token (BOS dropped: T − 1 a row)
     for acts_BLD in harvest(model, tokens_NT[torch.as_tensor(rows)], cc.cfg.all_hookpoints, batch_size, device=cc.device):
-        chunks.append(cc.encode(acts_BLD).float().cpu())
-    f_MF = torch.cat(chunks)  # (len(rows)·(T−1), F), BOS dropped
-    flat = np.array([where[int(r)] * (T - 1) + int(t) - 1 for r, t in pos_n2])
-    return f_MF[torch.as_tensor(flat)].numpy()
+        stop = start + acts_BLD.shape[0]
+        pick_n = torch.nonzero((flat_n >= start) & (flat_n < stop)).flatten()
+        if len(pick_n):
+            out_nF[pick_n] = cc.encode(acts_BLD[(flat_n[pick_n] - start).to(acts_BLD.device)]).float().cpu()
+        start = stop
+    return out_nF.numpy()
 
 
 @torch.no_grad()

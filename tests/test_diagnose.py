@@ -304,3 +304,17 @@ def test_cli_training_parts_prune_vs_penalty_and_width_sweep(saved, tmp_path, ca
     section = write_report(out).read_text().split('<section id="diagnostics">')[1].split("</section>")[0]
     assert "L0 by pruning vs by penalty" in section and "width sweep" in section and "cannot be" not in section
     assert "pruning: " in section and "control (fine-tune at the parent" in section
+
+
+def test_codes_at_sampled_positions_are_the_full_encoding(trained, tiny_embedded, rows):
+    """The embedding's codes, gathered batch by batch at the sampled (row, position) pairs, are those of encoding every
+    token of every row (BOS dropped)."""
+    from featgraph.diagnose import _codes_at
+
+    model = tiny_embedded.model
+    T = rows.shape[1]
+    full = torch.cat([trained.encode(a) for a in harvest(model, rows, trained.cfg.all_hookpoints, 3, device="cpu")])
+    pos = np.array([[2, 5], [0, 1], [2, T - 1], [1, 3], [0, 1]])
+    got = _codes_at(trained, model, rows, pos, batch_size=2)
+    want = full[torch.as_tensor([r * (T - 1) + t - 1 for r, t in pos])].detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
