@@ -29,6 +29,7 @@ _EXPORTS = {
     "train_crosscoder": "train", "finetune_crosscoder": "train",
     "latent_scaling": "model_diff", "model_feature_activations": "model_diff",
     "save_saelens": "saelens", "load_saelens": "saelens",
+    "truncate": "matryoshka", "prefix_metrics": "matryoshka", "absorption_report": "absorption",
     "combine_crosscoders": "residual", "residual_of": "residual", "train_residual_rounds": "fitting",
     "Registry": "registry",
     "FeatgraphError": "errors",

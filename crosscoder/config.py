@@ -392,6 +392,11 @@ class TrainConfig:
     sparse_kernels: Literal["auto", "on", "off"] = "auto"
     """Top-k codes (batchtopk) decode and back-propagate through their kept entries only; ``auto`` does so on the CPU
     when n_features ≥ 8·k and the batch is large, ``off`` keeps the dense matmuls (same results to float rounding)."""
+    decoder_orthogonality: float = 0.0
+    """Coefficient of the decoder-orthogonality penalty: mean |cos| between the decoder vectors of sampled pairs of
+    features active on the same token (0: off, the loss unchanged)."""
+    orthogonality_pairs: int = 4096
+    """Co-active feature pairs sampled per step for the decoder-orthogonality penalty (its cost is linear in this)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the run (e.g. the data it saw)."""
 
@@ -418,6 +423,10 @@ class TrainConfig:
             raise FeatgraphError(f"log_every must be positive, got {self.log_every}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise FeatgraphError(f"betas must be two numbers in [0, 1), got {tuple(self.betas)}; e.g. 0.9,0.999")
+        if not (self.decoder_orthogonality >= 0 and math.isfinite(self.decoder_orthogonality)):
+            raise FeatgraphError(f"decoder_orthogonality must be a number >= 0 (0 disables the penalty), got {self.decoder_orthogonality}")
+        if self.orthogonality_pairs <= 0:
+            raise FeatgraphError(f"orthogonality_pairs must be positive, got {self.orthogonality_pairs}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step``: linear warm-up, constant, linear decay to 0."""

@@ -264,7 +264,10 @@ def _metrics(cc: Crosscoder, models: Any, val_NT: torch.Tensor, fit_cfg: FitConf
     """The held-out metrics fit reports: :func:`~crosscoder.metrics.evaluate` for one model (splice-in numbers as
     ``fit_cfg`` says, unless ``splice`` is off), the reconstruction of every model for a model crosscoder."""
     if isinstance(models, Mapping):
-        return model_reconstruction_metrics(cc, models, val_NT)
+        metrics = model_reconstruction_metrics(cc, models, val_NT)
+        if hasattr(cc, "prefix_metrics"):  # Matryoshka: each nested prefix's reconstruction
+            metrics.prefixes = cc.prefix_metrics(models, val_NT, full=metrics)
+        return metrics
     return evaluate(cc, models, val_NT, splice=splice and fit_cfg.splice, splice_convention=fit_cfg.splice_convention)
 
 

@@ -86,6 +86,9 @@ class CrosscoderMetrics:
     splice_convention: str | None = None
     """Positions patched, zeroed and scored by the splice-in numbers: ``saelens`` (the whole tensor zeroed, BOS
     included; special-token positions left out) or ``keep_bos`` (BOS never touched); None when not computed."""
+    prefixes: list[dict] = field(default_factory=list)
+    """Matryoshka crosscoders: each nested prefix's metrics, smallest first (crosscoder.matryoshka.prefix_metrics);
+    empty otherwise."""
     fvu_concatenated_raw: float | None = None
     """FVU of the concatenated vector in raw activation units, Σ_l num_l/s_l² / Σ_l den_l/s_l²: hookpoints weighted by
     their raw variance, as a user of the raw reconstruction sees it (None in records written before it existed)."""
@@ -411,5 +414,7 @@ def evaluate(
     if splice:
         for k, v in splice_metrics(cc, model, tokens_NT, batch_size=max(1, batch_size // 2), convention=splice_convention).items():
             setattr(m, k, v)
+    if hasattr(cc, "prefix_metrics"):  # Matryoshka: each nested prefix evaluated as its own crosscoder
+        m.prefixes = cc.prefix_metrics(model, tokens_NT, splice=splice, splice_convention=splice_convention, batch_size=batch_size, full=m)
     cc.train(was_training)
     return m

@@ -12,6 +12,11 @@ process on the concatenated batch up to float rounding. State that is not a para
 agree on: after the all-reduce every step calls ``cc.sync_distributed()`` (BatchTopK, which selects its top k·B per
 rank as dictionary_learning does, averages its inference threshold there).
 
+Decoder orthogonality (``TrainConfig.decoder_orthogonality`` > 0, any architecture): the loss gains coeff · mean
+|cos(d_i, d_j)| over ``orthogonality_pairs`` pairs of features active on the same token of the step's batch
+(:func:`coactive_pairs`, drawn from a generator seeded by the run's seed and the step, so resume stays bit-identical),
+d the flattened decoder vectors; its cost is linear in the pairs. At 0 (the default) nothing of it runs.
+
 The crosscoder trains in training mode whatever mode it came in (a loaded one is in eval mode) and is left in eval
 mode.
 """
@@ -36,7 +41,7 @@ from .errors import FeatgraphError
 from .io import load_crosscoder
 from .model_loading import first_nonfinite_tensor
 
-__all__ = ["train_crosscoder", "finetune_crosscoder", "TrainResult"]
+__all__ = ["train_crosscoder", "finetune_crosscoder", "TrainResult", "coactive_pairs", "decoder_orthogonality_penalty", "pair_generator"]
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +115,13 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
         x_BLD = next_batch()
         with autocast:
             out = cc.loss(x_BLD, l1)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.loss.detach()), step, first_bad)
+        loss = out.loss
+        if cfg.decoder_orthogonality > 0:
+            ortho = decoder_orthogonality_penalty(cc.W_dec_FLD, out.f_BF, cfg.orthogonality_pairs, pair_generator(cfg.seed, step))
+            loss = loss + cfg.decoder_orthogonality * ortho
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         _sync_gradients(cc)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(cc.parameters(), cfg.grad_clip)
@@ -120,7 +129,9 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
         _update_dead(cc, out.f_BF)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             _check_diverged(first_bad, cc, cfg)
-            rec = {"step": step, "loss": out.loss.item(), "mse": out.mse.item(), "l0": out.l0.item(), "lr": lr, "l1_coeff": l1}
+            rec = {"step": step, "loss": loss.item(), "mse": out.mse.item(), "l0": out.l0.item(), "lr": lr, "l1_coeff": l1}
+            if cfg.decoder_orthogonality > 0:
+                rec["orthogonality"] = ortho.item()
             history.append(rec)
             bar.set_postfix(mse=f"{rec['mse']:.2f}", l0=f"{rec['l0']:.1f}")
         done = step + 1
@@ -135,6 +146,48 @@ def _train_loop(cc, source, cfg, progress, checkpoint_dir, checkpoint_every, res
     cc.eval()
     last = history[-1] if history else {"loss": float("nan"), "mse": float("nan"), "l0": float("nan")}
     return TrainResult(cfg.steps, last["loss"], last["mse"], last["l0"], history, start)
+
+
+def pair_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator that samples step ``step``'s feature pairs: a function of the run's seed and the step only,
+    so a resumed run samples the same pairs."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
+
+
+@torch.no_grad()
+def coactive_pairs(f_BF: torch.Tensor, n_pairs: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_pairs`` pairs (i_N, j_N) of distinct features active on the same token: a token drawn uniformly among those
+    with at least two active features, then two distinct features uniformly among its active ones (with replacement
+    across pairs). Random numbers come from ``generator`` (CPU); cost O(B·F) for the active set plus O(n_pairs).
+    Empty when no token has two active features."""
+    active_BF = f_BF > 0
+    count_B = active_BF.sum(dim=1)
+    eligible_E = (count_B >= 2).nonzero().squeeze(1)
+    if eligible_E.numel() == 0:
+        empty = torch.empty(0, dtype=torch.long, device=f_BF.device)
+        return empty, empty
+    u_N3 = torch.rand(n_pairs, 3, generator=generator, dtype=torch.float64)
+    u_N3 = u_N3.to(f_BF.device, torch.float32 if f_BF.device.type == "mps" else torch.float64)  # MPS has no float64
+    tok_N = eligible_E[(u_N3[:, 0] * eligible_E.numel()).long().clamp_max(eligible_E.numel() - 1)]
+    c_N = count_B[tok_N]
+    r1_N = torch.minimum((u_N3[:, 1] * c_N).long(), c_N - 1)
+    r2_N = torch.minimum((u_N3[:, 2] * (c_N - 1)).long(), c_N - 2)
+    r2_N = r2_N + (r2_N >= r1_N).long()  # uniform over the other c − 1 active features
+    row_N, feat_N = active_BF.nonzero(as_tuple=True)  # row-major: a token's active features are contiguous
+    start_N = torch.searchsorted(row_N, tok_N)
+    return feat_N[start_N + r1_N], feat_N[start_N + r2_N]
+
+
+def decoder_orthogonality_penalty(W_dec_FLD: torch.Tensor, f_BF: torch.Tensor, n_pairs: int, generator: torch.Generator) -> torch.Tensor:
+    """mean over sampled co-active pairs (i, j) of |cos(d_i, d_j)|, d_i the flattened decoder vector (L_out·D) of
+    feature i (:func:`coactive_pairs`); 0 when no token has two active features. Differentiable in the decoder only,
+    O(n_pairs · L_out · D)."""
+    i_N, j_N = coactive_pairs(f_BF.detach(), n_pairs, generator)
+    if i_N.numel() == 0:
+        return W_dec_FLD.new_zeros(())
+    d_i_NO, d_j_NO = W_dec_FLD[i_N].flatten(1).float(), W_dec_FLD[j_N].flatten(1).float()
+    cos_N = (d_i_NO * d_j_NO).sum(dim=1) / (d_i_NO.norm(dim=1) * d_j_NO.norm(dim=1)).clamp_min(1e-12)
+    return cos_N.abs().mean()
 
 
 def _check_diverged(first_bad: torch.Tensor, cc: Crosscoder, cfg: TrainConfig, done: int | None = None) -> None:

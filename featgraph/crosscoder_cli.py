@@ -208,6 +208,9 @@ def _summary(title: str, cc, metrics, out: Path | None, seconds: float) -> str:
             f"  CE loss recovered     {fmt(metrics.ce_loss_recovered)}  (clean CE {metrics.ce_clean:.3f}; {metrics.splice_convention} baseline)",
             f"  KL(clean‖spliced)     {fmt(metrics.kl_per_hookpoint)}",
         ]
+    for p in getattr(metrics, "prefixes", None) or []:  # Matryoshka: each nested prefix on its own
+        ce = f"   CE loss recovered {fmt(p['ce_loss_recovered'])}" if p.get("ce_loss_recovered") else ""
+        lines.append(f"  prefix {p['n_features']:>6} latents  FVU pooled {p['fvu_pooled']:.3f}   L0 {p['l0']:.1f}{ce}")
     lines += [f"  saved                 {out}"] if out is not None else []
     lines += [f"  time                  {seconds:.0f} s"]
     return "\n".join(lines)

@@ -180,8 +180,9 @@ def _wrong_values(hint: Any) -> list[tuple[str, Any]]:
         return [("int", 3), ("empty", "")]
     if origin is Literal:
         return [("unknown", "nope"), ("int", 3)]
-    if origin is list:
-        return [("plain-string", "blocks.0.hook_resid_pre"), ("int-items", [1, 2])]
+    if origin is list:  # items of the wrong type: ints for a list of strings, strings for a list of numbers
+        wrong_items = ("int-items", [1, 2]) if typing.get_args(hint) in ((), (str,)) else ("string-items", ["a", "b"])
+        return [("plain-string", "blocks.0.hook_resid_pre"), wrong_items]
     if origin is tuple:
         return [("string", "0.9,0.999"), ("one-item", [0.9])]
     if origin is dict or hint is dict:

@@ -23,6 +23,7 @@ from sae_lens.saes import (  # noqa: E402
 )
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
+from crosscoder.batchtopk import BatchTopKCrosscoder  # noqa: E402
 from crosscoder.build import ARCHITECTURES, build_crosscoder  # noqa: E402
 from crosscoder.config import CrosscoderConfig  # noqa: E402
 from crosscoder.errors import FeatgraphError  # noqa: E402
@@ -53,7 +54,7 @@ def featgraph_cc(arch, seed=0):
         cc.norm_scale_L.fill_(0.37)
         if arch == "jumprelu":
             cc.log_threshold_F.copy_(torch.rand(F, generator=torch.Generator().manual_seed(seed)).mul(0.8).add(0.05).log())
-        if arch == "batchtopk":
+        if isinstance(cc, BatchTopKCrosscoder):
             cc.W_dec_FLD[3] = 0.0  # a latent that can never fire
             scores = cc._scores(cc.pre_activations(raw_acts(1)[:, None]))
             cc.threshold.fill_(float(scores[scores > 0].median()))
