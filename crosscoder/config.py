@@ -385,7 +385,8 @@ class TrainConfig:
     log_every: int = 50
     """Steps between logged losses."""
     seed: int = 0
-    """Recorded with the run (the CLI sets it from --seed); :func:`crosscoder.fitting.fit`'s ``seed`` seeds the buffer."""
+    """Recorded with the run (the CLI sets it from --seed) and seeds the orthogonality penalty's pair draws;
+    :func:`crosscoder.fitting.fit`'s ``seed`` seeds the buffer."""
     autocast: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: ``auto`` = bf16 autocast on CUDA and none on the CPU; ``bf16`` forces it on any device.
     Weights and Adam's state stay fp32 either way."""

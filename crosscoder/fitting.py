@@ -27,6 +27,7 @@ metrics on the held-out rows.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -41,10 +42,10 @@ from .config import CrosscoderConfig, FitConfig, TrainConfig
 from .crosscoder import Crosscoder
 from .data import TokenRows
 from .errors import FeatgraphError
-from .harvest import (ActivationBuffer, RowSubset, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales,
+from .harvest import (harvest, ActivationBuffer, RowSubset, check_hookpoints, check_models, estimate_model_norm_scales, estimate_norm_scales,
                       rank_rows)
 from .io import check_output, save_crosscoder
-from .metrics import CrosscoderMetrics, evaluate
+from .metrics import CrosscoderMetrics, evaluate, reconstruction_metrics
 from .model_diff import model_diff, model_reconstruction_metrics
 from .residual import check_combinable, check_same_slots, combine_crosscoders, inference_rule, residual_of as residual_targets
 from .train import TrainResult, finetune_crosscoder, train_crosscoder
@@ -211,7 +212,7 @@ def fit(
         if sorted(names) != sorted(models):
             raise FeatgraphError(f"the crosscoder reads the models {names}, but {sorted(models)} were given; pass a mapping with exactly those names")
         models = {n: models[n] for n in names}
-    frozen = residual_of.to(device) if residual_of is not None else None
+    frozen = copy.deepcopy(residual_of).to(device) if residual_of is not None else None  # the caller's stays as it is
     if parent is None:
         cc = _initialise(cc_cfg, models, rows, fit_cfg, seed, device, frozen)
     else:
@@ -276,8 +277,11 @@ def residual_metrics(cc: Crosscoder, frozen: Crosscoder, models: Any, tokens_NT:
     ``fvu_pooled`` / ``fvu_per_hookpoint`` relative to the residual's variance (1: nothing explained) — with its
     ``l0``, ``dead_fraction`` and ``n_features``. (Its CE loss recovered alone means nothing: it reconstructs an
     error, not the activations; the sum's is in fit's metrics.)"""
-    with residual_targets(cc, frozen):
-        m = _metrics(cc, models, tokens_NT, FitConfig(), splice=False)
+    with residual_targets(cc, frozen):  # reconstruction only (no Matryoshka prefixes: a truncation has no residual target)
+        if isinstance(models, Mapping):
+            m = model_reconstruction_metrics(cc, models, tokens_NT)
+        else:
+            m = reconstruction_metrics(cc, harvest(models, tokens_NT, cc.cfg.all_hookpoints, 32, device=cc.device))
     return {"fvu_pooled": m.fvu_pooled, "fvu_per_hookpoint": list(m.fvu_per_hookpoint), "l0": m.l0,
             "dead_fraction": m.dead_fraction, "n_features": cc.cfg.n_features}
 
@@ -324,7 +328,8 @@ def train_residual_rounds(
     progress: bool = True,
 ) -> ResidualRounds:
     """``rounds`` residual dictionaries of ``cc_cfg``, each trained by :func:`fit` on the residual of ``frozen`` plus the
-    rounds before it (round r's weights initialised with seed ``cc_cfg.seed + r − 1``, its buffer with ``seed + r − 1``).
+    rounds before it (round r's weights initialised with seed ``cc_cfg.seed + r``, its buffer with ``seed + r``: not the
+    frozen one's own start and batch order when it was trained with the same seed).
 
     Every round's running sum is evaluated on the same ``fit_cfg.eval_rows`` held-out rows, as is ``frozen`` alone
     (round 0). ``out`` receives what was added (so ``combine_crosscoders([frozen, added])`` is the sum), with cfg.json's
@@ -339,7 +344,7 @@ def train_residual_rounds(
                              "sum before it); drop --checkpoint-every and --resume")
     if out is not None and _rank_world()[0] == 0:
         check_output(out)
-    frozen = frozen.to(device).eval()
+    frozen = copy.deepcopy(frozen).to(device).eval()  # the caller's stays where and as it is
     check_combinable([frozen], ["(frozen)"])  # before any round: the frozen one, then the new ones' slots and rule
     check_same_slots([frozen.cfg, cc_cfg], ["(frozen)", "(new)"])
     inference_rule(ARCHITECTURES.get(cc_cfg.architecture))
@@ -348,9 +353,9 @@ def train_residual_rounds(
     table = [ResidualRound(0, frozen.cfg.n_features, _metrics(frozen, models, val_NT, fit_cfg) if rank0 else None, None)]
     running, added, trained = frozen, [], []
     for r in range(1, rounds + 1):
-        cfg_r = dataclasses.replace(cc_cfg, seed=cc_cfg.seed + r - 1)
+        cfg_r = dataclasses.replace(cc_cfg, seed=cc_cfg.seed + r)
         res = fit(models, rows, train_cfg, cc_cfg=cfg_r, residual_of=running, parent_path=frozen_path, fit_cfg=fit_cfg,
-                  seed=seed + r - 1, device=device, progress=progress)
+                  seed=seed + r, device=device, progress=progress)
         res.cc.lineage[0]["round"] = r
         own = residual_metrics(res.cc, running, models, val_NT) if rank0 else None
         running = combine_crosscoders([running, res.cc])

@@ -269,10 +269,20 @@ def splice_in(
     ``convention`` picks the positions (module docstring); ``special_token_ids`` overrides the tokenizer's special
     tokens that ``saelens`` leaves out.
     """
-    from .harvest import harvest
-
     if convention not in SPLICE_CONVENTIONS:
         raise FeatgraphError(f"splice convention must be one of {list(SPLICE_CONVENTIONS)}, got {convention!r}")
+    was_training = cc.training
+    cc.eval()  # codes token by token (BatchTopK's threshold, not the batch top-k)
+    try:
+        return _splice_in(cc, model, tokens_NT, reconstruct, batch_size, convention, special_token_ids, per_token)
+    finally:
+        cc.train(was_training)
+
+
+def _splice_in(cc: Crosscoder, model, tokens_NT: torch.Tensor, reconstruct: Reconstruct | None, batch_size: int,
+               convention: SpliceConvention, special_token_ids: Sequence[int] | None, per_token: bool) -> SpliceRun:
+    from .harvest import harvest
+
     writes, dev = cc.cfg.writes, model.cfg.device
     require_patchable(model, writes, "splice-in metrics")
     special_ids = _special_token_ids(model, special_token_ids)

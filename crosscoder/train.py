@@ -156,9 +156,9 @@ def pair_generator(seed: int, step: int) -> torch.Generator:
 
 @torch.no_grad()
 def coactive_pairs(f_BF: torch.Tensor, n_pairs: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_pairs`` pairs (i_N, j_N) of distinct features active on the same token: a token drawn uniformly among those
-    with at least two active features, then two distinct features uniformly among its active ones (with replacement
-    across pairs). Random numbers come from ``generator`` (CPU); cost O(B·F) for the active set plus O(n_pairs).
+    """``n_pairs`` pairs (i_N, j_N) of distinct features active on the same token, uniform over the batch's co-active
+    pair occurrences: a token drawn with probability ∝ c(c − 1) (c its active features, so a token with 10 counts for its
+    45 pairs, not as one), then two distinct features uniformly among its active ones (with replacement across pairs). Random numbers come from ``generator`` (CPU); cost O(B·F) for the active set plus O(n_pairs).
     Empty when no token has two active features."""
     active_BF = f_BF > 0
     count_B = active_BF.sum(dim=1)
@@ -168,7 +168,10 @@ def coactive_pairs(f_BF: torch.Tensor, n_pairs: int, generator: torch.Generator)
         return empty, empty
     u_N3 = torch.rand(n_pairs, 3, generator=generator, dtype=torch.float64)
     u_N3 = u_N3.to(f_BF.device, torch.float32 if f_BF.device.type == "mps" else torch.float64)  # MPS has no float64
-    tok_N = eligible_E[(u_N3[:, 0] * eligible_E.numel()).long().clamp_max(eligible_E.numel() - 1)]
+    c_E = count_B[eligible_E].double()
+    cum_E = (c_E * (c_E - 1)).cumsum(0)
+    pick_N = torch.searchsorted(cum_E, (u_N3[:, 0] * cum_E[-1]).to(cum_E.dtype), right=True)
+    tok_N = eligible_E[pick_N.clamp_max(eligible_E.numel() - 1)]
     c_N = count_B[tok_N]
     r1_N = torch.minimum((u_N3[:, 1] * c_N).long(), c_N - 1)
     r2_N = torch.minimum((u_N3[:, 2] * (c_N - 1)).long(), c_N - 2)

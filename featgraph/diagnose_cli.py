@@ -114,6 +114,8 @@ def run_diagnose(args: argparse.Namespace) -> int:
     if run is not None:
         for k, v in run.summary().items():
             setattr(metrics, k, v)
+    if splice and hasattr(cc, "prefix_metrics"):  # Matryoshka: every prefix with its splice-in numbers too
+        metrics.prefixes = cc.prefix_metrics(model, rows, splice=True, splice_convention=conv, batch_size=2 * bs, full=metrics)
     table = hookpoint_table(cc, model, rows, metrics=metrics, batch_size=2 * bs)
     drop = drop_k_curves(cc, model, rows, k_values=args.k_values, k_max=args.k_max, seed=seed, splice=splice, convention=conv,
                          batch_size=bs)

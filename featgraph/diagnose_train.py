@@ -460,14 +460,15 @@ def width_sweep(
         raise FeatgraphError(f"widths must be positive dictionary sizes, got {ws[0]}")
     topk = isinstance(cc, BatchTopKCrosscoder)
     relu_like = isinstance(cc, (ReLUCrosscoder, JumpReLUCrosscoder))
-    notes, out = [], []
-    for w in tqdm(ws, desc="width sweep", unit="width", disable=not progress, leave=False):
+    notes, out, plans = [], [], []
+    for w in ws:  # every width's config first: one that cannot be built fails before any run trains
         options, clamped = dict(cc.cfg.options), False
         if topk and options["k"] > w:
             notes.append(f"width {w}: k clamped from {options['k']} to {w}")
             log.warning("width sweep: k = %d exceeds width %d; clamped to %d", options["k"], w, w)
             options["k"], clamped = w, True
-        cfg = dataclasses.replace(cc.cfg, n_features=w, options=options, seed=seed)
+        plans.append((w, options, clamped, dataclasses.replace(cc.cfg, n_features=w, options=options, seed=seed)))
+    for w, options, clamped, cfg in tqdm(plans, desc="width sweep", unit="width", disable=not progress, leave=False):
         res = fit(model, rows, train_cfg, cc_cfg=cfg, stage="diagnose_width", fit_cfg=fit_cfg, seed=seed, device=device, progress=progress)
         run = WidthRun.from_metrics(res.metrics, n_features=w, k_clamped=clamped, k=options["k"] if topk else None,
                                     l1_coeff=train_cfg.l1_coeff if relu_like else None)

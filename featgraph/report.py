@@ -648,7 +648,7 @@ def _diagnose_drop_k(d: dict) -> str:
             f'k = {_E(_fmt(ks[0]) if ks else "?")} … {_E(_fmt(ks[-1]) if ks else "?")}; at most {_E(_fmt(d.get("max_active")))} '
             f'features active on one token.</p>')
     rows = [[h, "never" if _at(first, l) is None else _at(first, l),
-             _at(_at((d.get("ce_loss_recovered") or {}).get("weakest"), 0), l), _at(_at(d.get("fvu", {}).get("weakest"), 0), l)]
+             _at(_at((d.get("ce_loss_recovered") or {}).get("weakest"), 0), l), _at(_at((d.get("fvu") or {}).get("weakest"), 0), l)]
             for l, h in enumerate(hps)] if first else []
     table = _table(["hookpoint", "k where CE recovered (weakest) first falls > 1 %", "CE recovered at k = 0", "FVU at k = 0"], rows) if rows else ""
     return "<h4>drop-k curves</h4>" + note + _drawn(lambda: plots.drop_k_figure(d), "drop-k curves") + table
@@ -725,16 +725,22 @@ def _diagnose_widths(w: dict) -> str:
                       "dead fraction"], rows))
 
 
-def _diagnose_training(doc: dict) -> str:
-    """The training-based parts (L0 by pruning vs by penalty, the width sweep) when they were run."""
-    parts = []
-    for key, draw in (("prune_vs_penalty", _diagnose_prune), ("width_sweep", _diagnose_widths)):
+def _diagnose_parts(doc: dict, parts: tuple) -> str:
+    """Each (key, draw) part of a diagnose.json that it holds, or one line where it cannot be shown (a file from another
+    version, or edited by hand)."""
+    out = []
+    for key, draw in parts:
         if isinstance(doc.get(key), dict):
             try:
-                parts.append(draw(doc[key]))
-            except (KeyError, TypeError, AttributeError) as e:  # a file from another version
-                parts.append(f'<p class="absent">{_E(key)}: cannot be shown from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>')
-    return "".join(parts)
+                out.append(draw(doc[key]))
+            except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+                out.append(f'<p class="absent">{_E(key)}: cannot be shown from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>')
+    return "".join(out)
+
+
+def _diagnose_training(doc: dict) -> str:
+    """The training-based parts (L0 by pruning vs by penalty, the width sweep) when they were run."""
+    return _diagnose_parts(doc, (("prune_vs_penalty", _diagnose_prune), ("width_sweep", _diagnose_widths)))
 
 
 def _diagnostics(found: FolderContents) -> str:
@@ -745,9 +751,8 @@ def _diagnostics(found: FolderContents) -> str:
         about = ", ".join(f"{k} {_fmt(doc.get(k))}" for k in ("architecture", "n_features", "model", "rows", "seed") if doc.get(k) is not None)
         parts.append(f"<h3><code>{_E(rel.as_posix())}</code></h3>"
                      f'<p class="note">crosscoder <code>{_E(str(doc.get("crosscoder", "?")))}</code>: {_E(about)}</p>')
-        for key, draw in (("hookpoint_table", _diagnose_hookpoints), ("drop_k", _diagnose_drop_k), ("per_token", _diagnose_per_token)):
-            if isinstance(doc.get(key), dict):
-                parts.append(draw(doc[key]))
+        parts.append(_diagnose_parts(doc, (("hookpoint_table", _diagnose_hookpoints), ("drop_k", _diagnose_drop_k),
+                                           ("per_token", _diagnose_per_token))))
         parts.append(_diagnose_training(doc))
     return "".join(parts) + _more([r.as_posix() for r, _ in found.diagnostics], MAX_GRAPHS, "diagnose.json files")
 
