@@ -120,15 +120,17 @@ def absorption_report(cc: Crosscoder, x_BLD: torch.Tensor, parent_dirs_PLD: torc
     """Absorption of each planted parent by ``cc`` (module docstring for the measure).
 
     ``x_BLD`` (B, L, D) are activations (raw unless ``normalised``) on which ``parent_active_BP`` says which parents
-    are active; directions are (P or C, L_out, D) in the space the decoder writes (compared by cosine, so the
-    normalisation scale does not matter). ``among`` restricts the parent's latent to the first ``among`` latents (a
+    are active; directions are (P or C, L_out, D) in raw activation units, compared by cosine with the decoder taken
+    back to raw units (each hookpoint's rows divided by its scale s_l; with one hookpoint, or equal scales, the scale
+    does not matter). ``among`` restricts the parent's latent to the first ``among`` latents (a
     Matryoshka prefix); children are matched among all latents. Codes come from ``cc.encode`` in eval mode.
     """
     was_training = cc.training
     cc.eval()
     f_BF = cc.encode(x_BLD.to(cc.device), normalised=normalised)
     cc.train(was_training)
-    d_FO = _unit(cc.W_dec_FLD.detach().flatten(1).float())
+    scale_L = cc.norm_scale_L[cc.out_idx].detach().float()
+    d_FO = _unit((cc.W_dec_FLD.detach().float() / scale_L[None, :, None]).flatten(1))  # raw units, as the directions
     m = d_FO.shape[0] if among is None else among
     cos_PF = _unit(parent_dirs_PLD.flatten(1).float().to(d_FO.device)) @ d_FO[:m].T
     parent_cos_P, parent_latent_P = cos_PF.max(dim=1)

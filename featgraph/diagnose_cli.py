@@ -48,7 +48,7 @@ def add_diagnose_parser(cmds) -> None:
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the model provider, the data split, the random drop and the token sample (default: the crosscoder's run)")
     g.add_argument("--rows", type=int_at_least(1), default=64, help="held-out token rows to measure on (default: 64)")
-    g.add_argument("--batch-size", dest="batch_size", type=int_at_least(1), default=16, help="token rows per forward pass (default: 16)")
+    g.add_argument("--batch-size", dest="batch_size", type=int_at_least(1), default=16, help="token rows per forward pass (default: 16); drop-k holds a few (rows·context, n_features) tensors per batch, so lower it for very wide dictionaries or long contexts")
     g.add_argument("--k-max", dest="k_max", type=int_at_least(0), default=None,
                    help="drop-k: largest k (default: ⌈mean L0⌉)")
     g.add_argument("--k-values", dest="k_values", type=int_list, default=None,
