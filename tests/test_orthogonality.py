@@ -39,6 +39,21 @@ def test_pairs_are_distinct_features_active_on_one_token():
     assert coactive_pairs(torch.eye(4), 10, pair_generator(0, 0))[0].numel() == 0  # no token with two features
 
 
+def test_pairs_are_uniform_over_coactive_pair_occurrences():
+    """Token 0 has 2 active features (1 pair), token 1 has 5 (10 pairs): 10 of every 11 draws come from token 1, and
+    each of its 10 pairs equally often — the mean over pair occurrences, not over tokens."""
+    f = torch.zeros(2, 8)
+    f[0, [0, 1]] = 1.0
+    f[1, [3, 4, 5, 6, 7]] = 1.0
+    n = 44_000
+    i, j = coactive_pairs(f, n, pair_generator(3, 0))
+    from_second = (i >= 3).float().mean().item()
+    assert from_second == pytest.approx(10 / 11, abs=0.006)  # 4 standard errors
+    pairs = torch.stack([torch.minimum(i, j), torch.maximum(i, j)], dim=1)[i >= 3]
+    counts = torch.unique(pairs, dim=0, return_counts=True)[1].float()
+    assert len(counts) == 10 and (counts / counts.sum() - 0.1).abs().max() < 0.01
+
+
 def test_penalty_by_hand():
     """d_0 = (1, 0), d_1 = (1, 1)/√2·2, d_2 = (0, −3): |cos| = 1/√2 for (0, 1), 0 for (0, 2), 1/√2 for (1, 2).
     Token 0 has features 0 and 1 only: every pair is {0, 1} and the penalty is exactly 1/√2. Token 1 has 0, 1, 2: the
