@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from crosscoder.data import DataConfig
 from crosscoder.sources import ModelConfig
 
 from .configs import add_config_arguments, build_config, values_from_args
 
-__all__ = ["add_input_arguments", "input_configs", "load_any_crosscoder"]
+__all__ = ["SavedWithInputs", "add_input_arguments", "input_configs", "load_any_crosscoder", "saved_crosscoder_and_inputs"]
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,3 +46,37 @@ def load_any_crosscoder(path: Path, device: str):
     if crosscoder_folder_kind(path) == "featgraph":
         return load_crosscoder(path, device=device)
     return load_saelens(path, device=device)
+
+
+class SavedWithInputs(NamedTuple):
+    cc: Any                 # the saved crosscoder, on the device the flags (or auto) name
+    inputs: Any             # crosscoder.sources.Inputs: the model and its token rows
+    seed: int               # --seed, else the crosscoder's recorded run seed, else 0
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+
+
+def saved_crosscoder_and_inputs(args: argparse.Namespace, what: str, *, any_format: bool = False, one_model: bool = True,
+                                before_inputs: Callable[[Any], None] | None = None) -> SavedWithInputs:
+    """What a command on a saved crosscoder (``args.crosscoder``) starts from: the crosscoder, and the model and data it
+    was trained on (flags override), checked compatible. ``any_format`` also reads SAELens folders; ``one_model``
+    refuses a model crosscoder in one line naming the command (``what``); ``before_inputs(cc)`` runs the command's own
+    checks before the model loads."""
+    from crosscoder.apply import check_compatible
+    from crosscoder.config import resolve_device
+    from crosscoder.errors import FeatgraphError
+    from crosscoder.io import load_crosscoder
+    from crosscoder.sources import load_inputs, recorded_inputs
+
+    recorded = recorded_inputs(args.crosscoder)
+    model_cfg, data_cfg = input_configs(args, recorded)
+    device = resolve_device(model_cfg.device)
+    cc = load_any_crosscoder(args.crosscoder, device=device) if any_format else load_crosscoder(args.crosscoder, device=device)
+    if one_model and cc.cfg.models:
+        raise FeatgraphError(f"{what} reads one model's activations; this is a model crosscoder (several models)")
+    if before_inputs is not None:
+        before_inputs(cc)
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
+    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
+    check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
+    return SavedWithInputs(cc, inputs, seed, model_cfg, data_cfg)

@@ -41,7 +41,7 @@ from crosscoder.sources import ModelConfig
 
 from crosscoder.sources import config_record, recorded_inputs
 
-from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
+from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder, saved_crosscoder_and_inputs
 from .configs import add_config_arguments, config_hints, build_config, int_at_least, load_config_file, values_from_args
 
 __all__ = ["RunConfig", "add_crosscoder_parser", "crosscoder_section"]
@@ -456,20 +456,13 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from crosscoder.apply import check_compatible
-    from crosscoder.io import atomic_file, load_crosscoder, strict_json
+    from crosscoder.io import atomic_file, strict_json
     from crosscoder.metrics import evaluate
-    from crosscoder.sources import load_inputs
 
     t0 = time.perf_counter()
     if args.json is not None:
         check_output(args.json, folder=False, flag="--json")
-    recorded = recorded_inputs(args.crosscoder)
-    model_cfg, data_cfg = input_configs(args, recorded)
-    cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
-    seed = args.seed if args.seed is not None else recorded["seed"] or 0
-    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
-    check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
+    cc, inputs, *_ = saved_crosscoder_and_inputs(args, "eval", one_model=False)
     metrics = evaluate(cc, inputs.model, inputs.rows.val_NT[: args.rows], splice=not args.no_splice,
                        splice_convention=args.splice_convention)
     print(_summary(f"evaluated {args.crosscoder}", cc, metrics, None, time.perf_counter() - t0))
@@ -482,22 +475,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _refit(args: argparse.Namespace) -> int:
     """Re-fit a crosscoder's decoder (or one scale per feature) with its encoder frozen; metrics before and after."""
-    from crosscoder.apply import check_compatible
-    from crosscoder.io import load_crosscoder, save_crosscoder
+    from crosscoder.io import save_crosscoder
     from crosscoder.metrics import evaluate
     from crosscoder.refit import ReHarvest, refit
-    from crosscoder.sources import load_inputs
 
     t0 = time.perf_counter()
     out = check_output(args.out)  # before any model is loaded
-    recorded = recorded_inputs(args.crosscoder)
-    model_cfg, data_cfg = input_configs(args, recorded)
-    cc = load_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
-    if cc.cfg.models:
-        raise FeatgraphError("refit reads one model's activations; this is a model crosscoder (several models)")
-    seed = args.seed if args.seed is not None else recorded["seed"] or 0
-    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
-    check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
+    cc, inputs, *_ = saved_crosscoder_and_inputs(args, "refit")
     res = refit(cc, ReHarvest(inputs.model, inputs.rows.train_NT[: args.rows], cc.cfg.all_hookpoints, device=cc.device), args.what)
     val = inputs.rows.val_NT[: args.eval_rows]
     before = evaluate(cc, inputs.model, val, splice=not args.no_splice)

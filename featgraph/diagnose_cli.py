@@ -15,11 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from crosscoder.config import resolve_device
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import check_output
 
-from .cli_inputs import add_input_arguments, input_configs, load_any_crosscoder
+from .cli_inputs import add_input_arguments, saved_crosscoder_and_inputs
 from .configs import float_list, int_at_least
 
 __all__ = ["DIAGNOSE_FILE", "DIAGNOSE_FORMAT", "add_diagnose_parser", "int_list", "run_diagnose"]
@@ -78,32 +77,26 @@ def add_diagnose_parser(cmds) -> None:
 
 def run_diagnose(args: argparse.Namespace) -> int:
     """Measure, write DIR/diagnose.json and the plots, print a summary."""
-    from crosscoder.apply import check_compatible
     from crosscoder.io import atomic_dir, strict_json
     from crosscoder.metrics import evaluate, splice_in
-    from crosscoder.sources import load_inputs, recorded_inputs
 
     from . import plots
     from .diagnose import drop_k_curves, hookpoint_table, per_token_loss
 
     t0 = time.perf_counter()
     out = check_output(args.out)  # before any model is loaded
-    recorded = recorded_inputs(args.crosscoder)
-    model_cfg, data_cfg = input_configs(args, recorded)
-    cc = load_any_crosscoder(args.crosscoder, device=resolve_device(model_cfg.device))
-    if cc.cfg.models:
-        raise FeatgraphError("diagnose reads one model's activations; this is a model crosscoder (several models)")
-    if args.embed_hookpoint is not None and args.embed_hookpoint not in cc.cfg.writes:
-        raise FeatgraphError(f"--embed-hookpoint {args.embed_hookpoint!r} is not one this crosscoder writes; choose one of {cc.cfg.writes}")
-    if args.embedding == "umap" and importlib.util.find_spec("umap") is None:  # before the model loads
-        raise FeatgraphError("--embedding umap needs umap-learn, which is not installed; pip install umap-learn, or pass --embedding pca")
-    if args.widths is not None and min(args.widths) < 1:
-        raise FeatgraphError(f"--widths must be dictionary sizes >= 1, got {args.widths}")
-    if args.target_l0 is not None and min(args.target_l0) <= 0:
-        raise FeatgraphError(f"--target-l0 must be positive mean active latents per token, got {args.target_l0}")
-    seed = args.seed if args.seed is not None else recorded["seed"] or 0
-    inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
-    check_compatible(cc, inputs.model, where=f"crosscoder {args.crosscoder}")
+
+    def checks(cc) -> None:  # the flags that need the crosscoder, before the model loads
+        if args.embed_hookpoint is not None and args.embed_hookpoint not in cc.cfg.writes:
+            raise FeatgraphError(f"--embed-hookpoint {args.embed_hookpoint!r} is not one this crosscoder writes; choose one of {cc.cfg.writes}")
+        if args.embedding == "umap" and importlib.util.find_spec("umap") is None:
+            raise FeatgraphError("--embedding umap needs umap-learn, which is not installed; pip install umap-learn, or pass --embedding pca")
+        if args.widths is not None and min(args.widths) < 1:
+            raise FeatgraphError(f"--widths must be dictionary sizes >= 1, got {args.widths}")
+        if args.target_l0 is not None and min(args.target_l0) <= 0:
+            raise FeatgraphError(f"--target-l0 must be positive mean active latents per token, got {args.target_l0}")
+
+    cc, inputs, seed, model_cfg, _ = saved_crosscoder_and_inputs(args, "diagnose", any_format=True, before_inputs=checks)
     model, rows = inputs.model, inputs.rows.val_NT[: args.rows]
     if len(rows) == 0:
         raise FeatgraphError("the data has no held-out rows to diagnose on; raise --val-fraction or give more text")
