@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 from .architectures import ARCHITECTURES
 from .errors import FeatgraphError
+from .layouts import LAYOUT_SHORTHANDS, LAYOUTS, check_layout
 
 __all__ = ["option_flag_names", "check_crosscoder_section", "CrosscoderConfig", "FitConfig", "TrainConfig", "default_hookpoints",
-           "resolve_device", "source_name", "split_source"]
+           "resolve_device", "source_name", "sparsity_architecture", "split_source"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class CrosscoderConfig:
     write ``blocks.3.hook_mlp_out`` for a transcoder. None: write what it reads."""
     architecture: str = "relu"
     """A registered architecture (crosscoder.architectures.ARCHITECTURES); built in: relu (L1-of-norms penalty),
-    batchtopk (top k·B across the batch + AuxK), jumprelu (Anthropic Jan-2025 loss)."""
+    batchtopk (top k·B across the batch + AuxK), jumprelu (Anthropic Jan-2025 loss). clt, weakly_causal and
+    strictly_causal are shorthands for batchtopk with that ``layout``."""
     options: dict[str, Any] = field(default_factory=dict)
     """The architecture's own settings, the fields of its Options dataclass (e.g. ``{"k": 32}`` for batchtopk);
     unset ones take their defaults and every value is recorded."""
@@ -126,8 +128,12 @@ class CrosscoderConfig:
     shared_sparsity_scale: float = 0.15
     """Factor on the sparsity penalty of the designated shared latents (ReLU and JumpReLU; BatchTopK has no penalty
     and ranks them like any other latent)."""
+    layout: Literal["acausal", "weakly_causal", "strictly_causal", "clt"] = "acausal"
+    """Which hookpoints each feature reads and writes (crosscoder.layouts): acausal (all), weakly_causal (reads layer l,
+    writes l and later), strictly_causal (reads l, writes later only) or clt (reads hookpoint l, writes out_hookpoints l and later)."""
 
     def __post_init__(self) -> None:
+        self.architecture, self.layout = _resolve_shorthand(self.architecture, self.layout)
         self.hookpoints = list(self.hookpoints)
         if not self.hookpoints:
             raise FeatgraphError("crosscoder config has no hookpoints: give at least one, e.g. blocks.0.hook_resid_post")
@@ -148,6 +154,7 @@ class CrosscoderConfig:
         if not self.dec_init_norm > 0:
             raise FeatgraphError(f"dec_init_norm must be > 0, got {self.dec_init_norm}")
         self._check_models()
+        check_layout(self)
         self._fill_options()
 
     def _fill_options(self) -> None:
@@ -245,7 +252,7 @@ class CrosscoderConfig:
         d = dict(d)
         _check_recorded_types(d)
         if "options" not in d:
-            legacy = getattr(ARCHITECTURES.get(d.get("architecture", _DEFAULT_ARCHITECTURE)).Options, "legacy_defaults", {})
+            legacy = getattr(ARCHITECTURES.get(sparsity_architecture(d.get("architecture", _DEFAULT_ARCHITECTURE))).Options, "legacy_defaults", {})
             d = {**legacy, **d}
         try:
             return cls(**_route_flat_options(d, "crosscoder cfg.json"))
@@ -266,6 +273,25 @@ class CrosscoderConfig:
 
 
 _DEFAULT_ARCHITECTURE = CrosscoderConfig.__dataclass_fields__["architecture"].default
+_DEFAULT_LAYOUT = CrosscoderConfig.__dataclass_fields__["layout"].default
+
+
+def sparsity_architecture(name: str) -> str:
+    """The registered architecture ``name`` means: a layout shorthand (``clt``, ``weakly_causal``,
+    ``strictly_causal``) means batchtopk with that layout (:data:`~crosscoder.layouts.LAYOUT_SHORTHANDS`)."""
+    return LAYOUT_SHORTHANDS.get(name, name)
+
+
+def _resolve_shorthand(architecture: str, layout: str) -> tuple[str, str]:
+    """(architecture, layout) with a layout shorthand given as the architecture resolved; a conflict is one line."""
+    if architecture not in LAYOUT_SHORTHANDS:
+        return architecture, layout
+    if layout not in (_DEFAULT_LAYOUT, architecture):
+        raise FeatgraphError(f"architecture {architecture} sets layout {architecture} but layout is {layout}; give one of them "
+                             f"(e.g. --layout {layout} --architecture {LAYOUT_SHORTHANDS[architecture]})")
+    return LAYOUT_SHORTHANDS[architecture], architecture
+
+
 _SCALARS = {int: "an integer", float: "a number", str: "a string"}
 
 
@@ -297,6 +323,12 @@ def check_crosscoder_section(values: dict[str, Any], *, models: bool = False) ->
     """
     trial = {k: v for k, v in values.items() if v is not None}
     n_features = trial.pop("n_features", 2**31)
+    # The layout's shape checks need the model's hookpoints: only its name (and a shorthand's conflict) is checked now.
+    architecture, layout = _resolve_shorthand(trial.get("architecture", _DEFAULT_ARCHITECTURE), trial.pop("layout", _DEFAULT_LAYOUT))
+    if layout not in LAYOUTS:
+        raise FeatgraphError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if "architecture" in trial:
+        trial["architecture"] = architecture
     try:
         CrosscoderConfig.from_flat(["hookpoint"], 1, n_features, models=["a", "b"] if models else None, **trial)
     except TypeError as e:  # a keyword CrosscoderConfig does not take
@@ -344,7 +376,7 @@ def _route_flat_options(d: dict[str, Any], where: str) -> dict[str, Any]:
     flat = {k: v for k, v in d.items() if k not in common}
     if not flat:
         return out
-    name = out.get("architecture", _DEFAULT_ARCHITECTURE)
+    name = sparsity_architecture(out.get("architecture", _DEFAULT_ARCHITECTURE))
     own = _flat_option_names(name)
     options = dict(out.get("options") or {})
     for key, value in flat.items():

@@ -10,7 +10,10 @@ An acausal crosscoder reads L hookpoints at once and writes all L back (Anthropi
 work. A per-layer SAE is one hookpoint; a transcoder is the same code reading one hookpoint and trained to write
 another. A model crosscoder (``cfg.models``) reads and writes several models at once: its L axis is models ×
 hookpoints, model-major (slots ``base/blocks.1.hook_resid_post``, ...), so the same formulas hold with l running over
-(model, hookpoint) pairs; :mod:`crosscoder.model_diff` compares the models' decoders.
+(model, hookpoint) pairs; :mod:`crosscoder.model_diff` compares the models' decoders. A causal layout
+(``cfg.layout``, :mod:`crosscoder.layouts`: weakly or strictly causal crosscoders, cross-layer transcoders) restricts
+each feature to reading one layer and writing that layer and/or later ones: the masked entries of W_enc and W_dec are
+held at exactly zero (:meth:`Crosscoder.enforce_layout`).
 
 An architecture is a subclass with a ``name``, a typed ``Options`` dataclass (its settings, kept in
 ``cfg.options``, available as ``self.opts``), ``encode`` and ``loss``, registered under its name in
@@ -32,6 +35,7 @@ from torch import nn
 
 from .config import CrosscoderConfig
 from .errors import FeatgraphError
+from .layouts import layout_masks
 
 __all__ = ["Crosscoder", "LossOutput", "NoOptions", "SAELensSAE", "SAELensImport"]
 
@@ -132,6 +136,48 @@ class Crosscoder(nn.Module):
         self.lineage: list[dict] = []
         # Training tokens since each latent last fired (dead-latent tracking).
         self.register_buffer("tokens_since_fired_F", torch.zeros(F, dtype=torch.long))
+        self._init_layout()
+
+    # ---- causal layouts (crosscoder.layouts) ----------------------------------------------------------------
+    # A causal layout's masked weights are exactly zero: zeroed here, their gradients masked by tensor hooks (Adam
+    # then leaves them at zero, as do gradient clipping and the all-reduce of zero gradients), and re-zeroed after
+    # every load_state_dict. The masks are buffers derived from cfg, not saved.
+    def _init_layout(self) -> None:
+        masks = layout_masks(self.cfg)
+        self.has_layout = masks is not None
+        if masks is None:
+            return
+        self.register_buffer("layout_read_LF", masks.read_LF, persistent=False)
+        self.register_buffer("layout_write_FL", masks.write_FL, persistent=False)
+        self.register_buffer("layout_layer_F", masks.layer_F, persistent=False)
+        self.enforce_layout()
+        self._register_layout_hooks()
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.enforce_layout())
+
+    def _register_layout_hooks(self) -> None:
+        """Mask the gradients of W_enc_LDF and W_dec_FLD (again after a deepcopy, which drops tensor hooks)."""
+        self.W_enc_LDF.register_hook(self._mask_enc_grad)
+        self.W_dec_FLD.register_hook(self._mask_dec_grad)
+
+    def _mask_enc_grad(self, grad_LDF: torch.Tensor) -> torch.Tensor:
+        return grad_LDF * self.layout_read_LF[:, None, :].to(grad_LDF.dtype)
+
+    def _mask_dec_grad(self, grad_FLD: torch.Tensor) -> torch.Tensor:
+        return grad_FLD * self.layout_write_FL[:, :, None].to(grad_FLD.dtype)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if state.get("has_layout"):
+            self._register_layout_hooks()
+
+    @torch.no_grad()
+    def enforce_layout(self) -> None:
+        """Zero the weights the layout masks (encoder entries of unread hookpoints, decoder vectors at unwritten
+        ones); a no-op for the acausal layout."""
+        if not self.has_layout:
+            return
+        self.W_enc_LDF.masked_fill_(~self.layout_read_LF[:, None, :], 0.0)
+        self.W_dec_FLD.masked_fill_(~self.layout_write_FL[:, :, None], 0.0)
 
     # The decoder W_dec_FLD (F, L_out, D). Usually one parameter; with designated shared latents it is assembled from
     # the shared decoder (repeated over the models, model-major) and the rest. Trap: with shared latents it is a fresh

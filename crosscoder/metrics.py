@@ -32,6 +32,10 @@ next-token distributions, in nats per token. Two conventions for which positions
 * ``keep_bos`` (featgraph's earlier baseline): BOS at position 0 is never touched — the reconstruction replaces and
   the zero-ablation zeroes positions 1…T−1 — and CE and KL are averaged over all T−1 next-token predictions,
   including the one made from BOS (pooled over all tokens).
+
+With more than one written hookpoint, the splice-in is also measured with every written hookpoint replaced at once
+(``ce_spliced_all``, against every one of them zero-ablated at once, ``ce_zero_ablated_all``; ``ce_loss_recovered_all``
+is the same ratio): for a cross-layer transcoder writing every MLP output, the CE of its replacement model.
 """
 
 from __future__ import annotations
@@ -92,6 +96,14 @@ class CrosscoderMetrics:
     fvu_concatenated_raw: float | None = None
     """FVU of the concatenated vector in raw activation units, Σ_l num_l/s_l² / Σ_l den_l/s_l²: hookpoints weighted by
     their raw variance, as a user of the raw reconstruction sees it (None in records written before it existed)."""
+    ce_spliced_all: float | None = None
+    """CE with the reconstruction spliced in at every written hookpoint at once (None with one written hookpoint or
+    without splice-in numbers)."""
+    ce_zero_ablated_all: float | None = None
+    """CE with every written hookpoint zero-ablated at once: the baseline of ``ce_loss_recovered_all``."""
+    ce_loss_recovered_all: float | None = None
+    """(CE_zero_all − CE_spliced_all) / (CE_zero_all − CE_clean): CE loss recovered with every written hookpoint
+    replaced at once (a CLT's replacement model); NaN where zero-ablating them leaves the loss as it is."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -243,6 +255,18 @@ class SpliceRun:
     """(N,) float64 clean CE of each scored prediction, when ``per_token``."""
     token_ce_spliced_NL: dict[str, torch.Tensor] = field(default_factory=dict)
     """Reconstruction name → (N, L) float64 CE of each scored prediction with it spliced in at each hookpoint."""
+    ce_zero_ablated_all: float | None = None
+    """Mean CE with every written hookpoint zero-ablated at once (None with one written hookpoint)."""
+    ce_spliced_all: dict[str, float] = field(default_factory=dict)
+    """Reconstruction name → mean CE with it spliced in at every written hookpoint at once (empty with one)."""
+
+    def ce_loss_recovered_all(self, name: str = RECONSTRUCTION) -> float | None:
+        """(CE_zero_all − CE_spliced_all) / (CE_zero_all − CE_clean); None with one written hookpoint, NaN where
+        zero-ablating them all leaves the loss as it is."""
+        if self.ce_zero_ablated_all is None or name not in self.ce_spliced_all:
+            return None
+        z, s = self.ce_zero_ablated_all, self.ce_spliced_all[name]
+        return (z - s) / (z - self.ce_clean) if abs(z - self.ce_clean) > 1e-9 else float("nan")
 
     def ce_loss_recovered(self, name: str = RECONSTRUCTION) -> list[float]:
         """(CE_zero − CE_splice) / (CE_zero − CE_clean) at each hookpoint; NaN where zero-ablating leaves the loss as it is."""
@@ -253,7 +277,8 @@ class SpliceRun:
         """The :class:`CrosscoderMetrics` splice-in fields for reconstruction ``name``."""
         return {"ce_clean": self.ce_clean, "ce_spliced": self.ce_spliced[name], "ce_zero_ablated": self.ce_zero_ablated,
                 "ce_loss_recovered": self.ce_loss_recovered(name), "kl_per_hookpoint": self.kl[name],
-                "splice_convention": self.convention}
+                "splice_convention": self.convention, "ce_spliced_all": self.ce_spliced_all.get(name),
+                "ce_zero_ablated_all": self.ce_zero_ablated_all, "ce_loss_recovered_all": self.ce_loss_recovered_all(name)}
 
 
 @torch.no_grad()
@@ -264,7 +289,9 @@ def splice_in(
     """Splice-in CE and KL of every reconstruction ``reconstruct`` yields (default: ``cc.decode`` of the codes,
     :func:`decoder_reconstruction`) at every written hookpoint, with the clean and zero-ablated CE they are measured
     against; the model runs once clean and once zero-ablated per hookpoint and batch, and once per reconstruction and
-    hookpoint. ``per_token`` also keeps every scored prediction's CE (clean, and spliced per reconstruction).
+    hookpoint. With more than one written hookpoint it also runs once per reconstruction with all of them spliced in
+    at once, and once with all of them zeroed. ``per_token`` also keeps every scored prediction's CE (clean, and
+    spliced per reconstruction).
 
     ``convention`` picks the positions (module docstring); ``special_token_ids`` overrides the tokenizer's special
     tokens that ``saelens`` leaves out.
@@ -289,6 +316,8 @@ def _splice_in(cc: Crosscoder, model, tokens_NT: torch.Tensor, reconstruct: Reco
     L = len(writes)
     ce_clean, n_ce, n_kl = 0.0, 0, 0  # pooled sums over tokens (float64) and their counts
     ce_zero_L: list[float] = [0.0] * L
+    every = L > 1  # also every written hookpoint replaced (and zeroed) at once
+    ce_zero_all, ce_splice_all = 0.0, {}
     ce_splice: dict[str, list[float]] = {} if reconstruct else {RECONSTRUCTION: [0.0] * L}
     kl: dict[str, list[float]] = {} if reconstruct else {RECONSTRUCTION: [0.0] * L}
     reconstruct = reconstruct or decoder_reconstruction(cc)
@@ -327,14 +356,24 @@ def _splice_in(cc: Crosscoder, model, tokens_NT: torch.Tensor, reconstruct: Reco
                 kl_L[l] += kl_BT[kl_mask_BT].double().sum().item()
                 if per_token:
                     splice_parts.setdefault(name, [[] for _ in range(L)])[l].append(ce_Bt[ce_mask_Bt].double().cpu())
+            if every:
+                hooks = [(h, _splice_hook(x_hat_BTLD[:, :, l].to(dev), keep_BT)) for l, h in enumerate(writes)]
+                logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=hooks).float().log_softmax(-1)
+                ce_splice_all[name] = ce_splice_all.get(name, 0.0) + _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
         for l, hook_name in enumerate(writes):
             logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(hook_name, _zero_hook(convention))]).float().log_softmax(-1)
             ce_zero_L[l] += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
+        if every:
+            logp_BTV = model.run_with_hooks(tok_BT, fwd_hooks=[(h, _zero_hook(convention)) for h in writes]).float().log_softmax(-1)
+            ce_zero_all += _token_ce(logp_BTV, tok_BT)[ce_mask_Bt].double().sum().item()
     n_scored = n_ce
     n_ce, n_kl = max(n_ce, 1), max(n_kl, 1)
     clean, zero = ce_clean / n_ce, [v / n_ce for v in ce_zero_L]
     run = SpliceRun(list(writes), convention, clean, zero, {k: [v / n_ce for v in vs] for k, vs in ce_splice.items()},
                     {k: [v / n_kl for v in vs] for k, vs in kl.items()}, n_scored)
+    if every:
+        run.ce_zero_ablated_all = ce_zero_all / n_ce
+        run.ce_spliced_all = {k: v / n_ce for k, v in ce_splice_all.items()}
     if per_token:
         run.token_pos_N2 = torch.cat(pos_parts) if pos_parts else torch.zeros(0, 2, dtype=torch.long)
         run.token_ce_clean_N = torch.cat(clean_parts) if clean_parts else torch.zeros(0, dtype=torch.float64)

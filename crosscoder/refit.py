@@ -6,6 +6,8 @@ re-fits what reads them out, on activations streamed once:
 
 * ``what="decoder"``: W_dec = argmin Σ_t ‖y_t − f_t W‖² with y = targets − b_dec, from the streamed sums G = Σ fᵀf
   (F × F) and H = Σ fᵀy (F × L·D), float64: W = (G + εI)⁻¹ H over the features that fired (the others keep their rows);
+  under a causal layout (:mod:`crosscoder.layouts`) each written hookpoint is solved over the features that write it,
+  the others' vectors there staying zero;
 * ``what="scale"``: W_dec,i ← s_i W_dec,i with s = argmin Σ_t ‖y_t − Σ_i s_i f_ti W_i‖², i.e. (G ∘ W Wᵀ) s = diag(H Wᵀ)
   — F unknowns, the directions kept.
 
@@ -102,7 +104,14 @@ def refit(cc: Crosscoder, batches: Iterable[torch.Tensor], what: str = "decoder"
     G_ff = G[idx][:, idx]
     G_ff = G_ff + torch.diag(ridge * torch.diagonal(G_ff))
     new = cc.W_dec_FLD.detach().clone()
-    if what == "decoder":
+    if what == "decoder" and cc.has_layout:  # a causal layout: each written hookpoint from the features that write it
+        H_FLD = H.view(F, *cc.b_dec_LD.shape)
+        for o in range(H_FLD.shape[1]):
+            sel = idx[cc.layout_write_FL[idx, o]]
+            if len(sel):
+                G_o = G[sel][:, sel]
+                new[sel, o] = torch.linalg.solve(G_o + torch.diag(ridge * torch.diagonal(G_o)), H_FLD[sel, o]).to(new.dtype)
+    elif what == "decoder":
         W_new = torch.linalg.solve(G_ff, H[idx])
         new.reshape(F, -1)[idx] = W_new.to(new.dtype)
     else:
@@ -113,6 +122,7 @@ def refit(cc: Crosscoder, batches: Iterable[torch.Tensor], what: str = "decoder"
         new[idx] = new[idx] * s.to(new.dtype)[:, None, None]
     out = copy.deepcopy(cc)
     out.W_dec_FLD.data.copy_(new)
+    out.enforce_layout()
     out.lineage = list(cc.lineage) + [{"stage": f"refit_{what}", "parent": None, "tokens": int(n_tokens),
                                        "features_refit": int(len(idx))}]
     return RefitResult(out, reconstruction_stats(cc, batches), reconstruction_stats(out, batches))

@@ -77,6 +77,9 @@ def check_combinable(ccs: Sequence[Crosscoder], names: Sequence[str] | None = No
     last with ``last_untrained``: a dictionary about to be trained)."""
     check_same_slots([cc.cfg for cc in ccs], names)
     for i, cc in enumerate(ccs):
+        if cc.cfg.layout != "acausal":  # the sum's features would not form one layout's contiguous per-layer blocks
+            raise FeatgraphError(f"{_label(i, names)} has layout {cc.cfg.layout}; combining and residual rounds take acausal "
+                                 "crosscoders only — train one wider causal crosscoder instead")
         trained = not (last_untrained and i == len(ccs) - 1)
         if inference_rule(cc) == "batchtopk" and trained and float(cc.threshold) < 0:
             raise FeatgraphError(f"{_label(i, names)} is a batchtopk crosscoder without a learned inference threshold "

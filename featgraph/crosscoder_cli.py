@@ -32,7 +32,7 @@ from typing import Any
 
 from crosscoder.build import ARCHITECTURES
 from crosscoder.config import (CrosscoderConfig, FitConfig, TrainConfig, check_crosscoder_section, default_hookpoints, option_flag_names,
-                               resolve_device)
+                               resolve_device, sparsity_architecture)
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
 from crosscoder.io import absolute_spec, check_output
@@ -118,7 +118,7 @@ def _sections() -> dict[str, type]:
 
 def _typed_options(args: argparse.Namespace, architecture: str | None) -> dict[str, Any]:
     """The architecture options typed on the command line, by flat name; an option of another architecture is an error."""
-    chosen = architecture or "relu"
+    chosen = sparsity_architecture(architecture or "relu")  # --architecture clt: batchtopk's options
     archs = _architectures()
     chosen_fields = {f.name for f in dataclasses.fields(archs[chosen].Options)} if chosen in archs else set()
     out = {}
