@@ -246,10 +246,21 @@ def _train_and_save(args: argparse.Namespace, parent: Path | None) -> int:
             dist.destroy_process_group()
 
 
+def _run_inputs(run: "RunConfig", model_cfg, data_cfg, progress: bool) -> tuple[Any, Any, Any, str]:
+    """The run's model(s) and token rows: (one model or a mapping name → model for ``--models``, the rows, the first
+    model, the name recorded in the crosscoder's config)."""
+    from crosscoder.sources import load_inputs, load_multi_inputs
+
+    if run.models:
+        multi = load_multi_inputs(run.models, model_cfg, data_cfg, seed=run.seed, progress=progress)
+        return dict(zip(multi.names, multi.models)), multi.rows, multi.models[0], "+".join(multi.names)
+    inputs = load_inputs(model_cfg, data_cfg, seed=run.seed, progress=progress)
+    return inputs.model, inputs.rows, inputs.model, model_cfg.model
+
+
 def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     from crosscoder.fitting import fit
     from crosscoder.io import load_crosscoder
-    from crosscoder.sources import load_inputs, load_multi_inputs
 
     if getattr(args, "residual_of", None) is not None:
         return _train_residual(args)
@@ -272,12 +283,7 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
             run.seed = recorded["seed"]
         if parent_cc.cfg.models and run.models is None:  # a model crosscoder: its models, as it was trained
             run.models = recorded["models"] or list(parent_cc.cfg.models)
-    if run.models:
-        multi = load_multi_inputs(run.models, model_cfg, data_cfg, seed=run.seed, progress=progress)
-        models, rows, first, model_name = dict(zip(multi.names, multi.models)), multi.rows, multi.models[0], "+".join(multi.names)
-    else:
-        inputs = load_inputs(model_cfg, data_cfg, seed=run.seed, progress=progress)
-        models, rows, first, model_name = inputs.model, inputs.rows, inputs.model, model_cfg.model
+    models, rows, first, model_name = _run_inputs(run, model_cfg, data_cfg, progress)
     cc_cfg = None
     if parent_cc is None:
         cc_cfg = _crosscoder_config(cfgs["crosscoder"], run.hookpoints or default_hookpoints(first.cfg.n_layers), first.cfg.d_model,
@@ -303,7 +309,6 @@ def _train_residual(args: argparse.Namespace) -> int:
     CC's model, data and seed unless given; OUT holds what was added, the per-round table is printed and recorded."""
     from crosscoder.apply import check_compatible
     from crosscoder.fitting import train_residual_rounds
-    from crosscoder.sources import load_inputs, load_multi_inputs
 
     t0 = time.perf_counter()
     frozen_path = Path(args.residual_of).absolute()
@@ -330,12 +335,8 @@ def _train_residual(args: argparse.Namespace) -> int:
     device = resolve_device(model_cfg.device)
     rank, _ = _init_distributed(device)
     progress = not args.quiet and rank == 0
-    if run.models:
-        multi = load_multi_inputs(run.models, model_cfg, data_cfg, seed=run.seed, progress=progress)
-        models, rows, first, model_name = dict(zip(multi.names, multi.models)), multi.rows, multi.models[0], "+".join(multi.names)
-    else:
-        inputs = load_inputs(model_cfg, data_cfg, seed=run.seed, progress=progress)
-        models, rows, first, model_name = inputs.model, inputs.rows, inputs.model, model_cfg.model
+    models, rows, first, model_name = _run_inputs(run, model_cfg, data_cfg, progress)
+    if not run.models:
         check_compatible(frozen, first, where=f"crosscoder {frozen_path}")
     cc_cfg = _crosscoder_config(cfgs["crosscoder"], hookpoints, first.cfg.d_model, frozen.cfg.model_name or model_name, run.seed,
                                 list(models) if run.models else None)

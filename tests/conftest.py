@@ -101,3 +101,12 @@ def planted_batches(seed=5):
         return torch.einsum("bf,fld->bld", codes, dirs)
 
     return batch
+
+
+@pytest.fixture
+def one_thread():
+    """Small training runs are several times faster on one intra-op thread than on two busy ones (a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,6 @@ from crosscoder.train import train_crosscoder
 ARCHS = ["matryoshka_relu", "matryoshka_batchtopk"]
 
 
-@pytest.fixture
-def one_thread():
-    """The small training runs here are several times faster on one thread on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg(arch, hookpoints=("h0", "h1"), F=32, **kw):

@@ -15,12 +15,6 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.train import coactive_pairs, decoder_orthogonality_penalty, pair_generator, train_crosscoder
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_pairs_are_distinct_features_active_on_one_token():

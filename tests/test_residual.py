@@ -36,13 +36,6 @@ def _best_cosine(dirs_ND, cc):
     return (dirs_ND @ (W_FD / W_FD.norm(dim=1, keepdim=True)).T).max(dim=1).values
 
 
-@pytest.fixture
-def one_thread():
-    """Small matmuls train several times faster on one thread than on two busy ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_planted_directions_a_small_dictionary_misses_are_recovered_by_its_residual(one_thread):
