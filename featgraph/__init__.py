@@ -21,6 +21,8 @@ _EXPORTS = {
     "DataConfig": "crosscoder.data", "TokenRows": "crosscoder.data", "load_token_rows": "crosscoder.data",
     "CrosscoderConfig": "crosscoder.config", "TrainConfig": "crosscoder.config", "default_hookpoints": "crosscoder.config",
     "FitConfig": "crosscoder.config", "fit": "crosscoder.fitting",
+    "attribution_graph": "featgraph.attribution", "AttributionGraph": "featgraph.attribution",
+    "AttributionConfig": "featgraph.attribution", "LinearisedReplacement": "featgraph.attribution",
     "build_crosscoder": "crosscoder.build", "load_crosscoder": "crosscoder.io", "save_crosscoder": "crosscoder.io",
     "evaluate": "crosscoder.metrics", "feature_activations": "crosscoder.apply", "model_diff": "crosscoder.model_diff",
     "FeatgraphError": "crosscoder.errors",
