@@ -25,17 +25,11 @@ READS = ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid"]
 WRITES = ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only contends on a shared CPU (as in test_model_crosscoder)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_embedded, _one_thread):
+def setup(tiny_embedded, one_thread_module):
     from crosscoder.harvest import ActivationBuffer, estimate_norm_scales
     from crosscoder.train import train_crosscoder
 

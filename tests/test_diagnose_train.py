@@ -27,13 +27,7 @@ SHORT = TrainConfig(steps=30, batch_size=64, l1_coeff=1.0)
 FREQ_ROWS = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared CPU (as in test_model_crosscoder)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from conftest import one_process_and_two_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -60,15 +61,7 @@ def free_port():
 def test_two_gloo_processes_match_one(tmp_path, arch):
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), arch, str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script), arch, str(tmp_path / "two")]
-    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "crosscoder.safetensors"))
-    b = load_file(str(tmp_path / "two" / "crosscoder.safetensors"))
+    a, b = one_process_and_two_ranks(script, [arch], tmp_path / "one", tmp_path / "two")
     for k in a:
         if a[k].is_floating_point():
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -2,10 +2,6 @@
 save/load, DDP, the all-at-once splice-in and the CLI."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,6 +13,8 @@ from crosscoder.errors import FeatgraphError
 from crosscoder.io import load_crosscoder, save_crosscoder
 from crosscoder.layouts import feature_layers, layout_masks
 from crosscoder.train import train_crosscoder
+
+from conftest import one_process_and_two_ranks
 
 D, F = 8, 12
 READS, WRITES = ["r0", "r1", "r2"], ["m0", "m1", "m2"]
@@ -264,22 +262,10 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 def test_two_gloo_processes_match_one_and_keep_the_masks(tmp_path):
-    from safetensors.torch import load_file
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), str(tmp_path / "two")]
-    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "crosscoder.safetensors"))
-    b = load_file(str(tmp_path / "two" / "crosscoder.safetensors"))
+    a, b = one_process_and_two_ranks(script, [], tmp_path / "one", tmp_path / "two")
     for k in a:
         if a[k].is_floating_point():
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

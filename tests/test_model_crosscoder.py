@@ -23,13 +23,7 @@ from crosscoder.train import train_crosscoder
 D, H = 16, 2  # width, hookpoints per model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared CPU (a 30× slow-down measured on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one intra-op thread (conftest)
 
 
 def mcfg(arch="relu", F=32, **kw):
