@@ -143,3 +143,16 @@ def one_process_and_two_ranks(script, args, out_one, out_two):
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     return load_file(str(out_one / "crosscoder.safetensors")), load_file(str(out_two / "crosscoder.safetensors"))
+
+
+def cli_help(*argv: str) -> str:
+    """What ``featgraph ARGV --help`` prints, whitespace folded (argparse wraps it to the terminal)."""
+    import contextlib
+    import io
+
+    from featgraph.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(buf.getvalue().split())

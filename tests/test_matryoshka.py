@@ -14,6 +14,8 @@ from crosscoder.io import load_crosscoder, save_crosscoder
 from crosscoder.matryoshka import prefix_metrics, prefix_sizes, truncate
 from crosscoder.train import train_crosscoder
 
+from conftest import cli_help
+
 ARCHS = ["matryoshka_relu", "matryoshka_batchtopk"]
 
 
@@ -212,15 +214,7 @@ def test_absorption_report_by_hand():
 
 
 def test_prefixes_flag_in_the_cli():
-    import contextlib
-    import io
-
-    from featgraph.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
-        main(["crosscoder", "train", "--help"])
-    text = " ".join(buf.getvalue().split())
+    text = cli_help("crosscoder", "train")
     assert "--prefixes" in text and "matryoshka_batchtopk architecture" in text
     from crosscoder.config import check_crosscoder_section
     from featgraph.configs import parse_flag

@@ -1,8 +1,6 @@
 """The decoder-orthogonality penalty (TrainConfig.decoder_orthogonality): co-active pairs, hand-computed values, its
 effect on co-firing decoders, bit-identical results when off and on resume, and the CLI flag."""
 
-import contextlib
-import io
 import itertools
 
 import pytest
@@ -13,6 +11,8 @@ from crosscoder.build import build_crosscoder
 from crosscoder.config import CrosscoderConfig, TrainConfig
 from crosscoder.errors import FeatgraphError
 from crosscoder.train import coactive_pairs, decoder_orthogonality_penalty, pair_generator, train_crosscoder
+
+from conftest import cli_help
 
 
 
@@ -157,10 +157,5 @@ def test_resume_with_the_penalty_is_bit_identical(tmp_path):
 
 
 def test_cli_flags():
-    from featgraph.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
-        main(["crosscoder", "train", "--help"])
-    text = " ".join(buf.getvalue().split())
+    text = cli_help("crosscoder", "train")
     assert "--decoder-orthogonality" in text and "--orthogonality-pairs" in text
