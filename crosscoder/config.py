@@ -73,6 +73,12 @@ def default_hookpoints(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{n}.hook_resid_post" for n in range(n_layers)]
 
 
+def clt_hookpoints(n_layers: int) -> tuple[list[str], list[str]]:
+    """A cross-layer transcoder's default (reads, writes): block l's residual stream before its MLP
+    (``blocks.l.hook_resid_mid``) and every MLP output ``blocks.l.hook_mlp_out``, as circuit-tracer's CLTs."""
+    return [f"blocks.{n}.hook_resid_mid" for n in range(n_layers)], [f"blocks.{n}.hook_mlp_out" for n in range(n_layers)]
+
+
 @dataclass
 class CrosscoderConfig:
     """Shape of an acausal crosscoder (Anthropic, "Sparse Crosscoders", 2024), its architecture and that

@@ -30,14 +30,18 @@ logits], as circuit-tracer orders them.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from crosscoder.errors import FeatgraphError
+
+from .graph import FeatureGraph
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -133,6 +137,52 @@ class AttributionGraph:
         w = torch.zeros(len(self.nodes), dtype=self.adjacency.dtype)
         w[-self.n_logits:] = self.logit_probabilities.to(w.dtype)
         return w
+
+    def to_feature_graph(self, token_str: Callable[[int], str] | None = None, pruned: bool = True) -> FeatureGraph:
+        """The graph as a directed :class:`~featgraph.graph.FeatureGraph` (every exporter, the page and Leiden take it):
+        the kept nodes (all when not ``pruned``) in node order and the kept nonzero edges ``source → target``.
+
+        Node attributes: ``kind`` (feature / error / embedding / logit), ``layer`` (the CLT layer; −1 for embeddings,
+        ``n_layers`` for logits — the rows of the page), ``position`` (the token column; logits at the last one),
+        ``feature`` (the CLT feature index; None for other kinds), ``token`` (id at that position; the output token
+        for a logit), ``token_text``, ``activation`` (a feature's value; a logit's probability), ``influence``
+        (circuit-tracer's cumulative influence share, smaller = more influential), ``label`` (a short description:
+        ``Emb "the"``, ``Err L1@4``, ``Logit " cat" (p=0.42)``, a feature's id until dashboards label it). Edge
+        attributes: ``weight`` (the signed direct effect A[t, s]) and ``abs_weight``. Meta: ``kind`` "attribution",
+        ``prompt_tokens``, ``prompt``, ``n_layers``, the scores, ``logit_tokens`` and the config.
+        """
+        token_str = token_str or str
+        keep = self.prune.node_mask if pruned else torch.ones(len(self.nodes), dtype=torch.bool)
+        emask = (self.prune.edge_mask if pruned else torch.ones_like(self.prune.edge_mask)) & (self.adjacency != 0)
+        emask &= keep[:, None] & keep[None, :]
+        kept = keep.nonzero(as_tuple=True)[0].tolist()
+        new = {old: i for i, old in enumerate(kept)}
+        n_layers = self.n_errors // max(len(self.tokens_T), 1)
+        nodes = [self.nodes[i] for i in kept]
+        influence = self.prune.cumulative_scores
+        attrs: dict[str, list] = {k: [] for k in ("kind", "layer", "position", "feature", "token", "token_text", "activation",
+                                                  "influence", "label")}
+        for i, n in zip(kept, nodes):
+            text = token_str(int(n.token)) if n.token is not None else ""
+            layer = n.layer if n.layer is not None else (-1 if n.kind == "embedding" else n_layers)
+            label = {"feature": f"L{n.layer}/F{n.feature}", "error": f"Err L{n.layer}@{n.position}", "embedding": f"Emb {json.dumps(text)}",
+                     "logit": f"Logit {json.dumps(text)} (p={n.activation:.3g})" if n.activation is not None else "Logit"}[n.kind]
+            for k, v in (("kind", n.kind), ("layer", int(layer)), ("position", int(n.position)), ("feature", n.feature),
+                         ("token", n.token), ("token_text", text), ("activation", n.activation), ("influence", float(influence[i])),
+                         ("label", label)):
+                attrs[k].append(v)
+        t_idx, s_idx = emask.nonzero(as_tuple=True)
+        w = self.adjacency[t_idx, s_idx].double().numpy()
+        src = np.asarray([new[s] for s in s_idx.tolist()], dtype=np.int64)
+        dst = np.asarray([new[t] for t in t_idx.tolist()], dtype=np.int64)
+        prompt_tokens = [token_str(int(t)) for t in self.tokens_T.tolist()]
+        meta = {"kind": "attribution", "prompt_tokens": prompt_tokens, "prompt": "".join(prompt_tokens), "n_layers": n_layers,
+                "replacement_score": self.replacement_score, "completeness_score": self.completeness_score,
+                "logit_tokens": self.logit_tokens.tolist(), "logit_probabilities": self.logit_probabilities.tolist(),
+                "n_nodes_unpruned": {"features": self.n_features, "errors": self.n_errors, "embeddings": self.n_embeddings,
+                                     "logits": self.n_logits},
+                "attribution_config": asdict(self.cfg), "measure": "direct effect (attribution)"}
+        return FeatureGraph([n.id for n in nodes], attrs, src, dst, {"weight": w, "abs_weight": np.abs(w)}, directed=True, meta=meta)
 
     def to_dict(self, pruned: bool = True) -> dict:
         """JSON-ready: nodes and nonzero edges (only the kept ones when ``pruned``), scores and the config."""
@@ -359,16 +409,28 @@ def _nodes(rep: LinearisedReplacement, logit_tokens: torch.Tensor, logit_probs: 
 
 def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.Tensor | str, max_logits: int = 10,
                       logit_probability: float = 0.95, batch_size: int = 64, node_threshold: float = 0.8,
-                      edge_threshold: float = 0.98, zero_bos: bool = True) -> AttributionGraph:
+                      edge_threshold: float = 0.98, zero_bos: bool = True,
+                      logit_tokens: Sequence[int] | None = None) -> AttributionGraph:
     """The attribution graph of a prompt (token ids ``(T,)``, BOS first, or a string) through the CLT ``cc``'s local
-    replacement model; see the module docstring for the method and :class:`AttributionConfig` for the options."""
+    replacement model; see the module docstring for the method and :class:`AttributionConfig` for the options.
+
+    ``logit_tokens`` names the output tokens to attribute (e.g. the first token of a behaviour) instead of the most
+    likely ones; they are weighted by their probabilities, as circuit-tracer weights its targets."""
     cfg = AttributionConfig(max_logits, logit_probability, node_threshold, edge_threshold, batch_size, zero_bos)
     if isinstance(tokens_T, str):
         tokens_T = model.to_tokens(tokens_T)[0]
     if tokens_T.dim() != 1 or len(tokens_T) < 1:
         raise FeatgraphError(f"tokens_T must be one prompt of token ids, shape (T,), got shape {tuple(tokens_T.shape)}")
     rep = LinearisedReplacement(model, cc, tokens_T, zero_bos=cfg.zero_bos)
-    logit_tokens, logit_probs = _salient_logits(rep.clean_logits_TV[-1], cfg.max_logits, cfg.logit_probability)
+    if logit_tokens is None:
+        logit_tokens, logit_probs = _salient_logits(rep.clean_logits_TV[-1], cfg.max_logits, cfg.logit_probability)
+    else:
+        ids = [int(t) for t in logit_tokens]
+        V = rep.clean_logits_TV.shape[-1]
+        if not ids or len(set(ids)) != len(ids) or not all(0 <= t < V for t in ids):
+            raise FeatgraphError(f"logit_tokens must be distinct token ids in [0, {V}), got {ids}")
+        logit_tokens = torch.tensor(ids, device=rep.clean_logits_TV.device)
+        logit_probs = torch.softmax(rep.clean_logits_TV[-1].float(), -1)[logit_tokens]
     n_feat, n_err, n_emb, n_log = len(rep.act_N), rep.n_layers * rep.T, rep.T, len(logit_tokens)
     N = n_feat + n_err + n_emb + n_log
     A = torch.zeros(N, N)
@@ -387,7 +449,8 @@ def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.
         row_BS = torch.cat([(act * g_act).detach(), g_err.reshape(len(chunk), -1), g_emb], dim=1)  # values × gradients
         A[chunk, : N - n_log] = row_BS.float().cpu()
     weights = torch.zeros(N)
-    weights[-n_log:] = logit_probs.float().cpu()
+    probs = logit_probs.double().cpu()
+    weights[-n_log:] = (probs / probs.sum() if probs.sum() > 0 else torch.full_like(probs, 1 / n_log)).float()  # scale-free
     prune = prune_graph(A, weights, n_feat, n_emb, n_log, cfg.node_threshold, cfg.edge_threshold)
     replacement, completeness = graph_scores(A, weights, slice(n_feat, n_feat + n_err), slice(n_feat + n_err, n_feat + n_err + n_emb))
     log.info("attribution graph: %d features, %d logits; kept %d nodes; replacement %.3f, completeness %.3f",

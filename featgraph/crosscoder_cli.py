@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from crosscoder.build import ARCHITECTURES
-from crosscoder.config import (CrosscoderConfig, FitConfig, TrainConfig, check_crosscoder_section, default_hookpoints, option_flag_names,
+from crosscoder.config import (CrosscoderConfig, FitConfig, TrainConfig, check_crosscoder_section, clt_hookpoints, default_hookpoints, option_flag_names,
                                resolve_device, sparsity_architecture)
 from crosscoder.data import DataConfig
 from crosscoder.errors import FeatgraphError
@@ -286,7 +286,12 @@ def _train_and_save_once(args: argparse.Namespace, parent: Path | None) -> int:
     models, rows, first, model_name = _run_inputs(run, model_cfg, data_cfg, progress)
     cc_cfg = None
     if parent_cc is None:
-        cc_cfg = _crosscoder_config(cfgs["crosscoder"], run.hookpoints or default_hookpoints(first.cfg.n_layers), first.cfg.d_model,
+        section, hookpoints = cfgs["crosscoder"], run.hookpoints
+        is_clt = "clt" in (section.get("architecture"), section.get("layout"))
+        if is_clt and not hookpoints and not section.get("out_hookpoints"):  # a CLT over every block, as circuit-tracer's
+            hookpoints, writes = clt_hookpoints(first.cfg.n_layers)
+            section = {**section, "out_hookpoints": writes}
+        cc_cfg = _crosscoder_config(section, hookpoints or default_hookpoints(first.cfg.n_layers), first.cfg.d_model,
                                     model_name, run.seed, list(models) if run.models else None)
     run_record = {**dataclasses.asdict(run), "models": [absolute_spec(m) for m in run.models] if run.models else run.models}
     extra = {"run": json.loads(json.dumps(run_record, default=str)), **config_record(model_cfg, data_cfg),

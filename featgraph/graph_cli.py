@@ -146,6 +146,7 @@ def _prompt(args: argparse.Namespace) -> int:
 
     from .crosslayer import active_features, prompt_graph
     from .export import read_json
+    from .pipeline import encode_prompt
 
     if not args.text.strip():
         raise FeatgraphError("--text is empty; pass the prompt whose features you want to see")
@@ -164,12 +165,8 @@ def _prompt(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else graph.meta.get("seed", 0)
     model = load_model_spec(model_cfg.model, device=device, seed=seed, size=model_cfg.size, backend=model_cfg.backend,
                             progress=not args.quiet).model
+    tokens = encode_prompt(model, args.text)[None]
     tok = model.tokenizer
-    if tok is None:
-        raise FeatgraphError("the model has no tokenizer; a per-prompt graph needs text → tokens")
-    ids = tok(args.text, add_special_tokens=False)["input_ids"]
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    tokens = torch.tensor([[bos] + [i for i in ids if i != bos]])
     f_TF = torch.cat([c.f_nF for c in stack_feature_activations(ccs, model, tokens)])
     act = active_features(f_TF.cpu().numpy(), threshold=args.min_act)
     pg = prompt_graph(graph, act.features.tolist(), activation=act.max_act, positions=act.positions,
@@ -178,6 +175,71 @@ def _prompt(args: argparse.Namespace) -> int:
     with atomic_dir(out) as tmp:
         _write_graph(pg, tmp, f"featgraph: features active on one prompt ({pg.n_nodes} of {len(act.features)} in the graph)")
     print(f"prompt graph: {pg.n_nodes} features ({len(pg.meta['missing'])} active but not in the graph), {pg.n_edges} edges; wrote {out}")
+    return 0
+
+
+def _attribution(args: argparse.Namespace) -> int:
+    from crosscoder.sources import load_inputs
+
+    from .attribution import AttributionConfig
+    from .attribution_run import DashboardConfig, run_attribution, write_attribution
+    from .export import read_json
+    from .supernodes import SupernodeConfig
+
+    if not args.text.strip():
+        raise FeatgraphError("--text is empty; pass the prompt whose attribution graph you want")
+    out = check_output(args.out)  # before any work
+    cfg = build_config(AttributionConfig, values_from_args(args, AttributionConfig), where="graph attribution")
+    sn_cfg = build_config(SupernodeConfig, values_from_args(args, SupernodeConfig), where="graph attribution")
+    dash_cfg = build_config(DashboardConfig, values_from_args(args, DashboardConfig), where="graph attribution")
+    sources = []
+    for path in args.graph or []:
+        path = Path(path) / "graph.json" if Path(path).is_dir() else Path(path)
+        if not path.is_file():
+            raise FeatgraphError(f"--graph {path} does not exist; pass a graph.json (or its folder) written by `graph build`")
+        g = read_json(path)
+        if g.meta.get("kind") not in (None, "crosscoder", "sae", "transcoder", "coactivation") and "feature" not in g.node_attrs:
+            raise FeatgraphError(f"--graph {path} is a {g.meta.get('kind')} graph without feature indices; pass a co-activation graph of the same crosscoder")
+        sources.append(g)
+
+    def check_clt(cc) -> None:
+        if cc.cfg.layout != "clt":
+            raise FeatgraphError(f"{args.crosscoder} is a {cc.cfg.layout} crosscoder; attribution graphs need a cross-layer transcoder "
+                                 "(featgraph crosscoder train --architecture clt)")
+
+    recorded = recorded_inputs(args.crosscoder)
+    model_cfg, data_cfg = input_configs(args, recorded)
+    device = resolve_device(model_cfg.device)
+    cc = load_any_crosscoder(args.crosscoder, device)
+    check_clt(cc)
+    seed = args.seed if args.seed is not None else recorded["seed"] or 0
+    rows = None
+    if dash_cfg.dashboard_rows > 0:
+        inputs = load_inputs(model_cfg, data_cfg, seed=seed, progress=not args.quiet)
+        model, rows = inputs.model, inputs.rows.val_NT
+    else:
+        from crosscoder.sources import load_model_spec
+
+        model = load_model_spec(model_cfg.model, device=device, seed=seed, size=model_cfg.size, backend=model_cfg.backend,
+                                progress=not args.quiet).model
+    from crosscoder.apply import check_compatible
+
+    check_compatible(cc, model, where=f"crosscoder {args.crosscoder}")
+    run = run_attribution(model, cc, args.text, cfg, sn_cfg, dash_cfg, targets=args.target, rows_NT=rows, sources=sources,
+                          merge=not args.no_merge, seed=seed)
+    run.graph.meta.update({"model": model_cfg.model, "crosscoders": [record_path(args.crosscoder, out)]})
+    written = write_attribution(run, out)
+    fg, ag = run.graph, run.attribution
+    kinds = fg.node_attrs["kind"]
+    print(f"attribution graph of {len(fg.meta['prompt_tokens'])} tokens: kept {kinds.count('feature')} of {ag.n_features} features, "
+          f"{kinds.count('error')} error nodes, {fg.n_edges} edges; replacement score {ag.replacement_score:.3f}, completeness "
+          f"{ag.completeness_score:.3f}; {len(run.supernodes.sizes)} supernodes ({sum(run.seconds.values()):.1f} s)")
+    for target, effects in list(run.effects.items())[:1]:
+        i = fg.index(target)
+        print(f"  target {fg.node_attrs['token_text'][i]!r} (p={fg.node_attrs['activation'][i]:.3f}): "
+              + "; ".join(f"{e.label} {100 * e.influence_share:.0f} %" for e in effects[:5]))
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -230,3 +292,27 @@ def add_graph_parser(sub) -> None:
     add_config_arguments(q.add_argument_group("model (default: the graph's)"), ModelConfig)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(run=_prompt)
+
+    from .attribution import AttributionConfig
+    from .attribution_run import DashboardConfig
+    from .supernodes import SupernodeConfig
+
+    a = cmds.add_parser("attribution", help="the attribution graph of one prompt through a cross-layer transcoder, with supernodes "
+                                            "(graph.json, graph.html, graph.neuronpedia.json)")
+    a.add_argument("--crosscoder", type=Path, required=True, help="a cross-layer transcoder folder (crosscoder train --architecture clt)")
+    a.add_argument("--text", required=True, help="the prompt (BOS is prepended)")
+    a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--target", action="append", default=None,
+                   help="an output token to attribute at the last position, as text (one token, e.g. ' cat'); repeat for several "
+                        "(default: the most likely tokens)")
+    a.add_argument("--graph", type=Path, action="append", default=None,
+                   help="a co-activation graph.json (or its folder) of the same crosscoder from `graph build`: dashboards from it, "
+                        "its edges joined into the supernodes; repeat for several")
+    a.add_argument("--no-merge", dest="no_merge", action="store_true", help="take only dashboards from --graph, not its edges")
+    add_config_arguments(a.add_argument_group("attribution"), AttributionConfig)
+    add_config_arguments(a.add_argument_group("supernodes"), SupernodeConfig)
+    add_config_arguments(a.add_argument_group("dashboards"), DashboardConfig)
+    add_input_arguments(a)
+    a.add_argument("--seed", type=int, default=None, help="seed of the supernodes and the data split (default: the crosscoder's, else 0)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(run=_attribution)

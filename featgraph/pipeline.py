@@ -38,7 +38,7 @@ from .layout import add_layout
 from .options import GraphConfig
 from .stats import CoactivationStats, feature_max
 
-__all__ = ["GraphConfig", "GraphResult", "build_graph", "token_decoder"]  # GraphConfig lives in featgraph.options
+__all__ = ["GraphConfig", "GraphResult", "build_graph", "encode_prompt", "token_decoder"]  # GraphConfig lives in featgraph.options
 
 
 class GraphResult(NamedTuple):
@@ -52,6 +52,18 @@ def token_decoder(model) -> Callable[[int], str]:
         return str
     vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
     return vocab.__getitem__
+
+
+def encode_prompt(model, text: str) -> torch.Tensor:
+    """``(T,)`` token ids of one prompt as the graphs read it: BOS (else EOS) first, then the text's tokens."""
+    tok = model.tokenizer
+    if tok is None:
+        raise FeatgraphError("the model has no tokenizer; a per-prompt graph needs text → tokens")
+    if not text.strip():
+        raise FeatgraphError("the prompt is empty; pass the text whose graph you want (--text)")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return torch.tensor([bos] + [i for i in ids if i != bos], dtype=torch.long)
 
 
 def _chunk_source(ccs: list[Crosscoder], model, rows_NT: torch.Tensor, cfg: GraphConfig, side: str | None):
