@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from crosscoder.errors import FeatgraphError
 
@@ -410,7 +411,7 @@ def _nodes(rep: LinearisedReplacement, logit_tokens: torch.Tensor, logit_probs: 
 def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.Tensor | str, max_logits: int = 10,
                       logit_probability: float = 0.95, batch_size: int = 64, node_threshold: float = 0.8,
                       edge_threshold: float = 0.98, zero_bos: bool = True,
-                      logit_tokens: Sequence[int] | None = None) -> AttributionGraph:
+                      logit_tokens: Sequence[int] | None = None, progress: bool = False) -> AttributionGraph:
     """The attribution graph of a prompt (token ids ``(T,)``, BOS first, or a string) through the CLT ``cc``'s local
     replacement model; see the module docstring for the method and :class:`AttributionConfig` for the options.
 
@@ -435,19 +436,28 @@ def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.
     N = n_feat + n_err + n_emb + n_log
     A = torch.zeros(N, N)
     rows = list(range(n_feat)) + list(range(N - n_log, N))  # feature and logit targets
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows[start:start + cfg.batch_size]
-        act, err, emb = (v.requires_grad_(True) for v in rep.clean_values(len(chunk)))
-        out = rep.forward(act, err, emb, logit_tokens)
-        targets_BR = torch.cat([out.pre_BN, out.targets_BK], dim=1)
+    B = min(cfg.batch_size, len(rows))
+    # The replacement model is the same function for every target: one forward pass of B copies, then one backward pass
+    # per chunk of B targets (copy b carries target b's gradient).
+    act, err, emb = (v.requires_grad_(True) for v in rep.clean_values(B))
+    out = rep.forward(act, err, emb, logit_tokens)
+    targets_BR = torch.cat([out.pre_BN, out.targets_BK], dim=1)
+    bar = tqdm(total=len(rows), desc="attribution", unit="target", disable=not progress or len(rows) <= B, leave=False)
+    for start in range(0, len(rows), B):
+        chunk = rows[start:start + B]
         col = torch.tensor([r if r < n_feat else n_feat + r - (N - n_log) for r in chunk], device=targets_BR.device)
-        picked = targets_BR.gather(1, col[:, None]).sum()
-        g_act, g_err, g_emb = torch.autograd.grad(picked, (act, err, emb), allow_unused=True)
+        seed_BR = torch.zeros_like(targets_BR)
+        seed_BR[torch.arange(len(chunk), device=seed_BR.device), col] = 1
+        g_act, g_err, g_emb = torch.autograd.grad(targets_BR, (act, err, emb), grad_outputs=seed_BR, allow_unused=True,
+                                                  retain_graph=start + B < len(rows))
         g_act = torch.zeros_like(act) if g_act is None else g_act
         g_err = torch.zeros_like(err) if g_err is None else g_err
         g_emb = torch.zeros_like(emb) if g_emb is None else g_emb
-        row_BS = torch.cat([(act * g_act).detach(), g_err.reshape(len(chunk), -1), g_emb], dim=1)  # values × gradients
+        row_BS = torch.cat([(act * g_act).detach(), g_err.reshape(B, -1), g_emb], dim=1)[: len(chunk)]  # values × gradients
         A[chunk, : N - n_log] = row_BS.float().cpu()
+        bar.update(len(chunk))
+    bar.close()
+    del out, targets_BR
     weights = torch.zeros(N)
     probs = logit_probs.double().cpu()
     weights[-n_log:] = (probs / probs.sum() if probs.sum() > 0 else torch.full_like(probs, 1 / n_log)).float()  # scale-free

@@ -89,7 +89,7 @@ def _top_contexts(cc, model, rows_NT: torch.Tensor, features: np.ndarray, token_
     for chunk in feature_activations(cc, model, rows_NT):
         v_nG = chunk.f_nF[:, feats]
         v = torch.cat([best_v, v_nG.T], dim=1)
-        i = torch.cat([best_i, chunk.index_n.to(cc.device)[None].expand(len(feats), -1)], dim=1)
+        i = torch.cat([best_i, chunk.token_index_n.to(cc.device)[None].expand(len(feats), -1)], dim=1)
         best_v, top = v.topk(min(n, v.shape[1]), dim=1)
         best_i = i.gather(1, top)
     tokens = rows_NT.cpu().numpy()
@@ -144,7 +144,7 @@ def run_attribution(model, cc, prompt: str | torch.Tensor, cfg: AttributionConfi
                     supernode_cfg: SupernodeConfig | None = None, dashboard_cfg: DashboardConfig | None = None,
                     targets: Sequence[str] | Sequence[int] | None = None, rows_NT: torch.Tensor | None = None,
                     sources: Sequence[FeatureGraph] = (), merge: bool = True, seed: int = 0,
-                    token_str: Callable[[int], str] | None = None) -> AttributionRun:
+                    token_str: Callable[[int], str] | None = None, progress: bool = False) -> AttributionRun:
     """The attribution graph of ``prompt`` (text, or token ids with BOS first) through the CLT ``cc``, pruned, with
     dashboards (from ``sources`` or ``rows_NT``) and supernodes (seeded by ``seed``; ``sources``' edges merged in
     when ``merge``), and each supernode's effect on every target logit. ``targets``: output tokens to attribute
@@ -160,7 +160,7 @@ def run_attribution(model, cc, prompt: str | torch.Tensor, cfg: AttributionConfi
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     ag = attribution_graph(model, cc, tokens_T, cfg.max_logits, cfg.logit_probability, cfg.batch_size, cfg.node_threshold,
-                           cfg.edge_threshold, cfg.zero_bos, logit_tokens=ids)
+                           cfg.edge_threshold, cfg.zero_bos, logit_tokens=ids, progress=progress)
     seconds["attribution"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fg = ag.to_feature_graph(token_str)

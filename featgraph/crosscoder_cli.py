@@ -208,6 +208,9 @@ def _summary(title: str, cc, metrics, out: Path | None, seconds: float) -> str:
             f"  CE loss recovered     {fmt(metrics.ce_loss_recovered)}  (clean CE {metrics.ce_clean:.3f}; {metrics.splice_convention} baseline)",
             f"  KL(clean‖spliced)     {fmt(metrics.kl_per_hookpoint)}",
         ]
+        if getattr(metrics, "ce_loss_recovered_all", None) is not None:  # every written hookpoint replaced at once (a CLT's MLPs)
+            lines.append(f"  CE recovered, all at once {metrics.ce_loss_recovered_all:.3f}  (CE {metrics.ce_spliced_all:.3f}; "
+                         f"all zero-ablated {metrics.ce_zero_ablated_all:.3f})")
     for p in getattr(metrics, "prefixes", None) or []:  # Matryoshka: each nested prefix on its own
         ce = f"   CE loss recovered {fmt(p['ce_loss_recovered'])}" if p.get("ce_loss_recovered") else ""
         lines.append(f"  prefix {p['n_features']:>6} latents  FVU pooled {p['fvu_pooled']:.3f}   L0 {p['l0']:.1f}{ce}")

@@ -226,7 +226,7 @@ def _attribution(args: argparse.Namespace) -> int:
 
     check_compatible(cc, model, where=f"crosscoder {args.crosscoder}")
     run = run_attribution(model, cc, args.text, cfg, sn_cfg, dash_cfg, targets=args.target, rows_NT=rows, sources=sources,
-                          merge=not args.no_merge, seed=seed)
+                          merge=not args.no_merge, seed=seed, progress=not args.quiet)
     run.graph.meta.update({"model": model_cfg.model, "crosscoders": [record_path(args.crosscoder, out)]})
     written = write_attribution(run, out)
     fg, ag = run.graph, run.attribution
