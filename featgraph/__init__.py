@@ -23,6 +23,8 @@ _EXPORTS = {
     "FitConfig": "crosscoder.config", "fit": "crosscoder.fitting",
     "attribution_graph": "featgraph.attribution", "AttributionGraph": "featgraph.attribution",
     "AttributionConfig": "featgraph.attribution", "LinearisedReplacement": "featgraph.attribution",
+    "run_attribution": ".attribution_run", "write_attribution": ".attribution_run", "write_attribution_html": ".attribution_page",
+    "find_supernodes": ".supernodes", "supernode_effects": ".supernodes",
     "build_crosscoder": "crosscoder.build", "load_crosscoder": "crosscoder.io", "save_crosscoder": "crosscoder.io",
     "evaluate": "crosscoder.metrics", "feature_activations": "crosscoder.apply", "model_diff": "crosscoder.model_diff",
     "FeatgraphError": "crosscoder.errors",

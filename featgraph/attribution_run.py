@@ -198,6 +198,7 @@ def summary(run: AttributionRun) -> dict[str, Any]:
 def write_attribution(run: AttributionRun, out: str | Path, title: str | None = None, scan: str | None = None) -> list[Path]:
     """``out``/graph.json, graph.html, graph.neuronpedia.json and attribution.json, written together (the folder is
     built under a temporary name and swapped in)."""
+    from .attribution_page import write_attribution_html
     from .export import write_json, write_neuronpedia
 
     out = Path(out)
@@ -205,12 +206,7 @@ def write_attribution(run: AttributionRun, out: str | Path, title: str | None = 
     names = ["graph.json", "graph.html", "graph.neuronpedia.json", "attribution.json"]
     with atomic_dir(out) as tmp:
         write_json(run.graph, tmp / "graph.json")
-        try:
-            from .attribution_page import write_attribution_html
-        except ImportError:  # the page module is optional until it lands
-            names.remove("graph.html")
-        else:
-            write_attribution_html(run.graph, tmp / "graph.html", title=title)
+        write_attribution_html(run.graph, tmp / "graph.html", title=title)
         write_neuronpedia(run.graph, tmp / "graph.neuronpedia.json", scan=scan)
         (tmp / "attribution.json").write_text(json.dumps(summary(run), indent=2, allow_nan=False))
     return [out / n for n in names]

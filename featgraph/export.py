@@ -70,6 +70,30 @@ Neuronpedia (:func:`write_neuronpedia`) follows the attribution-graph schema of 
 
 The file validates against the schema and opens in circuit-tracer's local viewer. Neuronpedia hosts uploaded
 graphs only for models it knows: pass its model id as ``scan`` for a real model (the embedded model has none).
+
+Attribution graphs (``meta["kind"] == "attribution"``, :meth:`featgraph.attribution.AttributionGraph.to_feature_graph`)
+are written with circuit-tracer's own node conventions (``frontend/graph_models.py``, ``schema_version`` 1), one
+Neuronpedia node per graph node:
+
+* a feature of CLT layer l, index i at position p: ``node_id`` ``{l}_{i}_{p}``, ``feature`` = Cantor(l, i), ``layer``
+  "l", ``jsNodeId`` ``{l}_{i}-0``, ``feature_type`` "cross layer transcoder";
+* the MLP error node of layer l at p: ``{l}_-1_{p}``, ``feature`` −1, ``layer`` "l", ``jsNodeId`` ``{l}_{p}-0``,
+  ``feature_type`` "mlp reconstruction error";
+* the embedding of token id v at p: ``E_{v}_{p}``, ``feature`` p, ``layer`` "E", ``jsNodeId`` ``E_{v}-{p}``,
+  ``feature_type`` "embedding";
+* the logit of output token v (at the last position p): ``{L+1}_{v}_{p}``, ``feature`` v, ``layer`` "L+1" (L =
+  ``meta["n_layers"]``; circuit-tracer writes ``num_layers + 1``, and the viewer puts logits one row above the top
+  layer whatever the number), ``jsNodeId`` ``L_{v}-{p}``, ``feature_type`` "logit", ``token_prob`` = its
+  probability, ``is_target_logit`` for the most likely one, and circuit-tracer's ``clerp``
+  ``Output "{token}" (p=0.123)``, from which the viewer reads the token and the probability;
+
+``ctx_idx`` is the node's ``position``, ``clerp`` its ``label`` (logits above), ``influence`` and ``activation`` the
+node attributes as they are (the real cumulative influence, smaller = more influential; the viewer always shows
+embeddings and logits), ``prompt_tokens`` ``meta["prompt_tokens"]``. Links are the directed edges source → target
+with their signed weights as they are. ``metadata.node_threshold`` (the viewer's default pruning slider) and
+``pruning_settings`` / ``generation_settings`` come from ``meta["attribution_config"]``. ``qParams`` pins every logit
+(the most likely is clicked), then the supernodes' members and the most influential nodes as above, with the
+supernodes from ``community`` / ``meta["community_labels"]`` (:func:`featgraph.supernodes.find_supernodes`).
 """
 
 from __future__ import annotations
@@ -696,7 +720,12 @@ def write_neuronpedia(
         How many of the strongest nodes ``qParams`` pins besides each community's members (0 pins none).
     per_community : int
         How many of each community's strongest members are pinned and shown in its supernode (at least 2).
+
+    An attribution graph (``meta["kind"] == "attribution"``) is written with circuit-tracer's own node conventions
+    instead (module docstring, "Attribution graphs").
     """
+    if graph.meta.get("kind") == "attribution":
+        return _write_attribution_neuronpedia(graph, path, slug, scan, prompt, prompt_tokens, n_pinned, per_community)
     if graph.n_nodes == 0:
         raise FeatgraphError("the graph has no nodes, so there is nothing to show; build it with a lower threshold or more rows")
     w = graph.weights if graph.n_edges else np.zeros(0)
@@ -750,12 +779,7 @@ def write_neuronpedia(
         links.append({"source": node_ids[s], "target": node_ids[d], "weight": float(x)})
 
     pinned, supernodes = _pins_and_supernodes(graph, influence, node_ids, n_pinned, per_community)
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        generator_version = version("featgraph")
-    except PackageNotFoundError:
-        generator_version = "unknown"
+    generator_version = _generator_version()
     doc = {
         "metadata": {
             "slug": _slug(slug or graph.meta.get("slug") or Path(path).name.split(".")[0]),
@@ -770,6 +794,153 @@ def write_neuronpedia(
         },
         "qParams": {"pinnedIds": [node_ids[k] for k in pinned], "supernodes": supernodes, "linkType": "both",
                     "clickedId": node_ids[pinned[0]] if pinned else "", "sg_pos": ""},
+        "nodes": nodes,
+        "links": links,
+    }
+    with atomic_file(path) as tmp:
+        tmp.write_text(_dumps(doc), encoding="utf-8")
+    return Path(path)
+
+
+def _generator_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("featgraph")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _process_token(token: str) -> str:
+    """circuit-tracer's ``process_token`` (frontend/utils.py): newline, tab and carriage return made visible."""
+    return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+
+
+def _attribution_column(graph: FeatureGraph, name: str, kinds: tuple[str, ...] = ("feature", "error", "embedding", "logit")) -> list[int]:
+    """An integer node attribute that every node of ``kinds`` needs (FeatgraphError naming the first without it)."""
+    col = graph.node_attrs.get(name, [None] * graph.n_nodes)
+    kind = graph.node_attrs["kind"]
+    out = []
+    for i, v in enumerate(col):
+        v = _py(v)
+        if kind[i] in kinds and (isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer()):
+            raise FeatgraphError(f"{kind[i]} node {graph.node_ids[i]!r} has {name} {v!r}, not an integer; "
+                                 "export attribution graphs built by AttributionGraph.to_feature_graph")
+        out.append(int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() else -1)
+    return out
+
+
+def _attribution_nodes(graph: FeatureGraph, n_layers: int, prompt_tokens: list[str]) -> tuple[list[str], list[dict]]:
+    """circuit-tracer's node records (``frontend/graph_models.py`` ``Node.feature_node`` / ``error_node`` /
+    ``token_node`` / ``logit_node``) of an attribution graph's nodes, with their ids."""
+    kind = [str(k) for k in graph.node_attrs["kind"]]
+    layer, position = _attribution_column(graph, "layer"), _attribution_column(graph, "position")
+    feature = _attribution_column(graph, "feature", ("feature",))
+    token = _attribution_column(graph, "token", ("embedding", "logit"))
+    influence = graph.node_attrs.get("influence", [None] * graph.n_nodes)
+    activation = graph.node_attrs.get("activation", [None] * graph.n_nodes)
+    token_text = graph.node_attrs.get("token_text", [""] * graph.n_nodes)
+    community = graph.node_attrs.get("community", [None] * graph.n_nodes)
+    labels = _labels(graph)
+    probs = [(float(activation[i]) if activation[i] is not None else 0.0) for i in range(graph.n_nodes)]
+    logits = [i for i in range(graph.n_nodes) if kind[i] == "logit"]
+    target = min(logits, key=lambda i: (-probs[i], i)) if logits else -1  # circuit-tracer: the most likely logit
+    ids, nodes = [], []
+    for i in range(graph.n_nodes):
+        k, lay, pos = kind[i], layer[i], position[i]
+        if pos < 0 or pos >= len(prompt_tokens):
+            raise FeatgraphError(f"node {graph.node_ids[i]!r} is at position {pos} but the prompt has {len(prompt_tokens)} tokens; "
+                                 "pass the prompt_tokens the graph was built from")
+        rec = {"feature_type": "", "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": labels[i]}
+        if k == "feature":
+            rec.update(node_id=f"{lay}_{feature[i]}_{pos}", feature=cantor_pair(lay, feature[i]), layer=str(lay),
+                       feature_type="cross layer transcoder", jsNodeId=f"{lay}_{feature[i]}-0")
+        elif k == "error":
+            rec.update(node_id=f"{lay}_-1_{pos}", feature=-1, layer=str(lay), feature_type="mlp reconstruction error",
+                       jsNodeId=f"{lay}_{pos}-0")
+        elif k == "embedding":
+            rec.update(node_id=f"E_{token[i]}_{pos}", feature=pos, layer="E", feature_type="embedding", jsNodeId=f"E_{token[i]}-{pos}")
+        elif k == "logit":
+            text = _process_token(str(token_text[i] if token_text[i] is not None else token[i]))
+            rec.update(node_id=f"{n_layers + 1}_{token[i]}_{pos}", feature=token[i], layer=str(n_layers + 1), feature_type="logit",
+                       jsNodeId=f"L_{token[i]}-{pos}", token_prob=probs[i], is_target_logit=i == target,
+                       clerp=f'Output "{text}" (p={probs[i]:.3f})')
+        else:
+            raise FeatgraphError(f"node {graph.node_ids[i]!r} has kind {k!r}; an attribution graph's kinds are feature, error, embedding, logit")
+        infl, act = _py(influence[i]), _py(activation[i])
+        rec.update(ctx_idx=pos, influence=float(infl) if isinstance(infl, (int, float)) and math.isfinite(infl) else None,
+                   activation=float(act) if isinstance(act, (int, float)) and math.isfinite(act) else None,
+                   featgraph_id=graph.node_ids[i], community=_py(community[i]))
+        ids.append(rec["node_id"])
+        nodes.append({key: rec[key] for key in ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
+                                                 "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation",
+                                                 "featgraph_id", "community")})
+    seen: dict[str, str] = {}
+    for nid, fid in zip(ids, graph.node_ids):
+        if nid in seen:
+            raise FeatgraphError(f"nodes {seen[nid]!r} and {fid!r} both map to Neuronpedia node {nid!r}; "
+                                 "an attribution graph has one node per (kind, layer, feature or token, position)")
+        seen[nid] = fid
+    return ids, nodes
+
+
+def _write_attribution_neuronpedia(graph: FeatureGraph, path, slug, scan, prompt, prompt_tokens, n_pinned: int, per_community: int) -> Path:
+    """:func:`write_neuronpedia` for an attribution graph (module docstring, "Attribution graphs")."""
+    if graph.n_nodes == 0:
+        raise FeatgraphError("the attribution graph has no nodes; prune it with a higher node_threshold")
+    if "kind" not in graph.node_attrs:
+        raise FeatgraphError("the attribution graph's nodes have no 'kind' (feature/error/embedding/logit); "
+                             "build it with AttributionGraph.to_feature_graph")
+    w = graph.weights if graph.n_edges else np.zeros(0)
+    if not np.isfinite(w).all():
+        raise FeatgraphError(f"{int((~np.isfinite(w)).sum())} edge weights are NaN or infinite, which JSON cannot hold; "
+                             "drop those edges or rebuild the graph")
+    kind = [str(k) for k in graph.node_attrs["kind"]]
+    n_layers = graph.meta.get("n_layers")
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool):
+        inner = [int(lay) for lay, k in zip(graph.node_attrs.get("layer", []), kind) if k in ("feature", "error")]
+        n_layers = max(inner) + 1 if inner else 1
+    if prompt_tokens is None:
+        prompt_tokens = graph.meta.get("prompt_tokens")
+    if prompt_tokens is None:
+        top = max(int(p) for p in graph.node_attrs.get("position", [0]) if p is not None)
+        prompt_tokens = [f"[{p}]" for p in range(top + 1)]
+    prompt_tokens = [str(t) for t in prompt_tokens]
+    if prompt is None:
+        prompt = graph.meta.get("prompt") or "".join(prompt_tokens)
+    node_ids, nodes = _attribution_nodes(graph, n_layers, prompt_tokens)
+    links = [{"source": node_ids[s], "target": node_ids[d], "weight": float(x)}
+             for s, d, x in zip(graph.edge_src.tolist(), graph.edge_dst.tolist(), w.tolist())]
+
+    # pins: every logit (most likely first), then the supernodes' strongest members and the most influential nodes
+    influence = np.array([n["influence"] if n["influence"] is not None else np.inf for n in nodes], dtype=np.float64)
+    pins, supernodes = _pins_and_supernodes(graph, influence, node_ids, n_pinned, per_community)
+    logits = sorted((i for i in range(graph.n_nodes) if kind[i] == "logit"), key=lambda i: (-nodes[i]["token_prob"], i))
+    pins = [*logits, *(k for k in pins if kind[k] != "logit")][:PIN_LIMIT]
+    pinned = {node_ids[k] for k in pins}
+    supernodes = [sn[:1] + [m for m in sn[1:] if m in pinned] for sn in supernodes]
+    supernodes = [sn for sn in supernodes if len(sn) >= 3]
+    cfg = graph.meta.get("attribution_config") or {}
+    metadata = {
+        "slug": _slug(slug or graph.meta.get("slug") or Path(path).name.split(".")[0]),
+        "scan": str(scan or graph.meta.get("model") or "embedded"),
+        "prompt_tokens": prompt_tokens, "prompt": str(prompt),
+        "transcoder_list": [str(c) for c in graph.meta.get("crosscoders", [])], "schema_version": 1,
+        "info": {"description": (f"featgraph attribution graph: {graph.n_nodes} nodes, {graph.n_edges} edges (direct effects, "
+                                 f"source → target); replacement score {graph.meta.get('replacement_score')}, completeness score "
+                                 f"{graph.meta.get('completeness_score')}; supernodes = Leiden communities of the features"),
+                 "generator": {"name": "featgraph", "version": _generator_version()}},
+    }
+    if isinstance(cfg.get("node_threshold"), (int, float)):
+        metadata["node_threshold"] = float(cfg["node_threshold"])
+        metadata["pruning_settings"] = {k: float(cfg[k]) for k in ("node_threshold", "edge_threshold") if isinstance(cfg.get(k), (int, float))}
+    settings = {"max_n_logits": cfg.get("max_logits"), "desired_logit_prob": cfg.get("logit_probability"), "batch_size": cfg.get("batch_size")}
+    if any(v is not None for v in settings.values()):
+        metadata["generation_settings"] = {k: v for k, v in settings.items() if v is not None}
+    doc = {
+        "metadata": metadata,
+        "qParams": {"pinnedIds": [node_ids[k] for k in pins], "supernodes": supernodes, "linkType": "both",
+                    "clickedId": node_ids[pins[0]] if pins else "", "sg_pos": ""},
         "nodes": nodes,
         "links": links,
     }
