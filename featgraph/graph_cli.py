@@ -198,8 +198,13 @@ def _attribution(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FeatgraphError(f"--graph {path} does not exist; pass a graph.json (or its folder) written by `graph build`")
         g = read_json(path)
-        if g.meta.get("kind") not in (None, "crosscoder", "sae", "transcoder", "coactivation") and "feature" not in g.node_attrs:
-            raise FeatgraphError(f"--graph {path} is a {g.meta.get('kind')} graph without feature indices; pass a co-activation graph of the same crosscoder")
+        if g.meta.get("kind") == "attribution" or "feature" not in g.node_attrs:
+            raise FeatgraphError(f"--graph {path} is a {g.meta.get('kind')} graph without feature indices; pass a co-activation graph "
+                                 "of the same crosscoder (graph build)")
+        built_from = [resolve_recorded(p, path.parent).resolve() for p in g.meta.get("crosscoders") or []]
+        if built_from and Path(args.crosscoder).resolve() not in built_from:
+            raise FeatgraphError(f"--graph {path} was built from {built_from[0]}, not {args.crosscoder}; its features are another "
+                                 "dictionary's — pass a graph of this crosscoder")
         sources.append(g)
 
     def check_clt(cc) -> None:

@@ -118,6 +118,20 @@ def test_bad_attribution_inputs_are_one_line(clt_world, tmp_path, capsys, extra,
     assert not (tmp_path / "x").exists()
 
 
+def test_a_graph_of_another_crosscoder_is_refused(clt_world, tmp_path, capsys):
+    """Dashboards and edges of another dictionary's co-activation graph would be attached to the wrong features."""
+    import shutil
+
+    root, inputs = clt_world
+    graph = tmp_path / "coact"
+    _run(["graph", "build", "--crosscoder", root / "clt", "--out", graph, "--rows", "8", *inputs], capsys)
+    shutil.copytree(root / "clt", tmp_path / "other")
+    code = main([str(a) for a in ["graph", "attribution", "--crosscoder", tmp_path / "other", "--text", PROMPT, "--graph", graph,
+                                  "--out", tmp_path / "z", *inputs]])
+    err = capsys.readouterr().err
+    assert code == 2 and "was built from" in err and err.count("\n") == 1 and not (tmp_path / "z").exists()
+
+
 def test_a_crosscoder_that_is_not_a_clt_is_refused(clt_world, tmp_path, capsys):
     root, inputs = clt_world
     cc = tmp_path / "acausal"
