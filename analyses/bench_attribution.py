@@ -50,16 +50,67 @@ def ablation_check(model, cc, tokens_T: torch.Tensor, g, top: int) -> tuple[floa
     return float(spearmanr(out[0].numpy(), edge.numpy()).statistic), float(spearmanr(out[1].numpy(), edge.numpy()).statistic), rel
 
 
+def tinystories_shape(n_features: int, per_layer_l0: int, T: int, seed: int = 0):
+    """A random-weight model of TinyStories-33M's architecture (GPT-Neo: 4 layers, d 768, 16 heads, MLP 3072,
+    vocab 50,257, local/global attention) saved and loaded as a user's local checkpoint, a ReLU CLT over it with random
+    weights whose encoder biases make ``per_layer_l0`` features per layer fire per token (no training: only the
+    number of active features matters for time), and a random T-token prompt."""
+    import tempfile
+
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from crosscoder.build import build_crosscoder
+    from crosscoder.config import CrosscoderConfig, clt_hookpoints
+    from crosscoder.harvest import estimate_norm_scales
+    from crosscoder.model_loading import load_model
+
+    torch.manual_seed(seed)
+    config = GPTNeoConfig(vocab_size=50257, hidden_size=768, num_layers=4, num_heads=16, attention_types=[[["global", "local"], 2]],
+                          window_size=256, max_position_embeddings=2048, intermediate_size=3072, bos_token_id=50256, eos_token_id=50256)
+    path = tempfile.mkdtemp(prefix="tinystories-shape-")
+    GPTNeoForCausalLM(config).eval().save_pretrained(path)
+    model = load_model(path, device="cpu")
+    reads, writes = clt_hookpoints(4)
+    cc = build_crosscoder(CrosscoderConfig(reads, 768, n_features, out_hookpoints=writes, architecture="relu", layout="clt", seed=seed))
+    rows = torch.randint(0, 50256, (16, T), generator=torch.Generator().manual_seed(seed))
+    rows[:, 0] = 50256
+    cc.norm_scale_L.copy_(estimate_norm_scales(model, rows, cc.cfg.all_hookpoints))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(rows, names_filter=lambda n: n in cc.cfg.all_hookpoints)
+        x = torch.stack([cache[h] for h in cc.cfg.all_hookpoints], dim=2).reshape(-1, len(cc.cfg.all_hookpoints), 768)
+        pre = cc.pre_activations(x.to(cc.device))
+        per_layer = n_features // 4
+        cut = torch.quantile(pre[:, :].float(), 1 - per_layer_l0 / per_layer, dim=0)  # each feature fires on that share of tokens
+        cc.b_enc_F -= cut
+    tokens = torch.randint(0, 50256, (T,), generator=torch.Generator().manual_seed(seed + 1))
+    tokens[0] = 50256
+    return model, cc, tokens
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--crosscoder", required=True, help="a CLT trained on the embedded default (command above)")
+    p.add_argument("--crosscoder", help="a CLT trained on the embedded default (command above)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--top", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tinystories-shape", action="store_true",
+                   help="time one --tokens prompt on a random-weight model of TinyStories-33M's architecture instead (no --crosscoder)")
+    p.add_argument("--n-features", type=int, default=16384, help="--tinystories-shape: CLT features (over 4 layers)")
+    p.add_argument("--l0", type=int, default=32, help="--tinystories-shape: active features per layer per token")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tinystories_shape:
+        model, cc, tokens_T = tinystories_shape(args.n_features, args.l0, args.tokens)
+        t0 = time.perf_counter()
+        g = attribution_graph(model, cc, tokens_T, progress=True)
+        dt = time.perf_counter() - t0
+        print(f"TinyStories-33M architecture (random weights), CLT {args.n_features} features, ~{args.l0} active per layer per token, "
+              f"{args.tokens}-token prompt, {torch.get_num_threads()} CPU threads")
+        print(f"  attribution graph {dt:.1f} s: {g.n_features} active features, {len(g.nodes)} nodes, "
+              f"{int(g.prune.node_mask.sum())} kept after pruning")
+        return
     emb = load_embedded(EmbeddedConfig(), progress=False)
     model, cc = emb.model, load_crosscoder(args.crosscoder, device="cpu")
     rows = emb.tokens_val_NT[: args.prompts, : args.tokens]

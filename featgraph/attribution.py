@@ -110,7 +110,7 @@ class PruneResult(NamedTuple):
 
 class ReplacementOutput(NamedTuple):
     pre_BN: torch.Tensor     # (B, N) pre-activations of the active features
-    logits_BTV: torch.Tensor  # (B, T, V) logits
+    logits_BV: torch.Tensor   # (B, V) logits at the last position
     targets_BK: torch.Tensor  # (B, K) demeaned logits of the target tokens at the last position
 
 
@@ -337,6 +337,24 @@ class LinearisedReplacement:
         self.act_N = f_TF[self.pos_N, self.feat_N]
         self.clean_pre_N = pre_TF[self.pos_N, self.feat_N]
         self.n_layers, self.T, self.F = len(self.writes), T, cc.cfg.n_features
+        # Each position's active features packed into G slots: decoding and the pre-activations then cost O(B·T·G·D)
+        # rather than O(B·T·F·D) (G = the most features active at one position).
+        N, dev = len(self.pos_N), x_TLD.device
+        counts = torch.bincount(self.pos_N, minlength=T)
+        self.G = G = max(int(counts.max()) if N else 0, 1)
+        by_pos = torch.argsort(self.pos_N, stable=True)
+        self.slot_N = torch.empty_like(self.pos_N)
+        self.slot_N[by_pos] = torch.arange(N, device=dev) - (torch.cumsum(counts, 0) - counts)[self.pos_N[by_pos]]
+        self.index_N = self.pos_N * G + self.slot_N  # flat (position, slot)
+        with torch.no_grad():
+            self.W_dec_TGLD = x_TLD.new_zeros(T, G, len(self.writes), x_TLD.shape[-1])
+            self.W_dec_TGLD[self.pos_N, self.slot_N] = self.W_dec_FLD[self.feat_N]
+            s_in = cc.norm_scale_L[cc.in_idx].to(x_TLD)  # pre = Σ_i W_enc[i]·(s_i x_i) + b_enc: the raw-unit encoder is s_i W_enc[i]
+            enc_NLD = cc.W_enc_LDF.detach().to(x_TLD)[:, :, self.feat_N].permute(2, 0, 1) * s_in[None, :, None]
+            self.W_enc_TGLD = x_TLD.new_zeros(T, G, len(self.reads), x_TLD.shape[-1])
+            self.W_enc_TGLD[self.pos_N, self.slot_N] = enc_NLD
+            self.b_enc_N = cc.b_enc_F.detach().to(x_TLD)[self.feat_N]
+        del self.W_dec_FLD  # the packed copy is all forward() needs
 
     def forward(self, act_BN: torch.Tensor, error_BLT: torch.Tensor, embed_BT: torch.Tensor,
                 logit_tokens_K: torch.Tensor | None = None, frozen: bool = True) -> ReplacementOutput:
@@ -344,19 +362,22 @@ class LinearisedReplacement:
         clean error) and embedding coefficients ``embed_BT`` (1 = the clean embedding), batch B. ``frozen=False``
         recomputes the attention patterns and LayerNorm scales (features still held at ``act_BN``: direct effects
         through the nonlinear attention and LayerNorm, for checks)."""
-        B, T = act_BN.shape[0], self.T
-        f_BTF = act_BN.new_zeros(B, T, self.F).index_put((torch.arange(B, device=act_BN.device)[:, None], self.pos_N[None], self.feat_N[None]), act_BN)
+        B, T, G = act_BN.shape[0], self.T, self.G
+        act_BTG = act_BN.new_zeros(B, T * G).scatter(1, self.index_N[None].expand(B, -1), act_BN).view(B, T, G)
         reads: dict[str, torch.Tensor] = {}
 
         def freeze(act, hook):
             return self.cache[hook.name].expand_as(act)
+
+        def freeze_last(act, hook):  # the final LayerNorm runs on the last position only
+            return self.cache[hook.name][:, -1:].expand_as(act)
 
         def embed(act, hook):
             return embed_BT[:, :, None] * self.cache[hook.name].expand(B, T, -1)
 
         def mlp_out(l):
             def replace(act, hook):
-                recon_BTD = torch.einsum("btf,fd->btd", f_BTF, self.W_dec_FLD[:, l]) + self.b_dec_LD[l]
+                recon_BTD = torch.einsum("btg,tgd->btd", act_BTG, self.W_dec_TGLD[:, :, l]) + self.b_dec_LD[l]
                 return recon_BTD + error_BLT[:, l, :, None] * self.error_LTD[l]
             return replace
 
@@ -364,21 +385,23 @@ class LinearisedReplacement:
             reads[hook.name] = act
             return act
 
-        hooks = [(h, freeze) for h in self.frozen] if frozen else []
+        final = "ln_final.hook_scale"
+        hooks = [(h, freeze) for h in self.frozen if h != final] if frozen else []
         hooks += [(h, embed) for h in self.embed_hooks]
         hooks += [(h, mlp_out(l)) for l, h in enumerate(self.writes)] + [(h, capture) for h in self.reads]
-        logits_BTV = self.model.run_with_hooks(self.tokens_T[None].expand(B, T), fwd_hooks=hooks)
+        model = self.model
+        with model.hooks(fwd_hooks=hooks):
+            resid_BTD = model(self.tokens_T[None].expand(B, T), stop_at_layer=model.cfg.n_layers)
+        with model.hooks(fwd_hooks=[(final, freeze_last)] if frozen and final in self.frozen else []):
+            logits_BV = model.unembed(model.ln_final(resid_BTD[:, -1:]))[:, 0]
         x_BTLD = torch.stack([reads[h] for h in self.reads], dim=2)
-        x_all = x_BTLD.new_zeros(B * T, len(self.cc.cfg.all_hookpoints), x_BTLD.shape[-1])
-        x_all[:, self.cc.in_idx.to(x_all.device)] = x_BTLD.reshape(B * T, len(self.reads), -1)
-        pre_BTF = self.cc.pre_activations(x_all.to(self.cc.device)).to(x_all.device).view(B, T, self.F)
-        pre_BN = pre_BTF[:, self.pos_N, self.feat_N]
-        last_BV = logits_BTV[:, -1]
+        pre_BTG = torch.einsum("btld,tgld->btg", x_BTLD, self.W_enc_TGLD)
+        pre_BN = pre_BTG.reshape(B, T * G)[:, self.index_N] + self.b_enc_N
         if logit_tokens_K is None:
-            targets_BK = last_BV.new_zeros(B, 0)
+            targets_BK = logits_BV.new_zeros(B, 0)
         else:
-            targets_BK = last_BV[:, logit_tokens_K] - last_BV.mean(-1, keepdim=True)
-        return ReplacementOutput(pre_BN, logits_BTV, targets_BK)
+            targets_BK = logits_BV[:, logit_tokens_K] - logits_BV.mean(-1, keepdim=True)
+        return ReplacementOutput(pre_BN, logits_BV, targets_BK)
 
     def clean_values(self, B: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The clean node values as a batch of B: (act_BN, error_BLT, embed_BT)."""
@@ -435,21 +458,20 @@ def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.
     n_feat, n_err, n_emb, n_log = len(rep.act_N), rep.n_layers * rep.T, rep.T, len(logit_tokens)
     N = n_feat + n_err + n_emb + n_log
     A = torch.zeros(N, N)
-    rows = list(range(n_feat)) + list(range(N - n_log, N))  # feature and logit targets
-    B = min(cfg.batch_size, len(rows))
+    B = min(cfg.batch_size, max(n_feat, n_log))
     # The replacement model is the same function for every target: one forward pass of B copies, then one backward pass
-    # per chunk of B targets (copy b carries target b's gradient).
+    # per chunk of B targets (copy b carries target b's gradient); feature targets and logit targets in separate
+    # chunks, so the features' backward passes skip the unembedding.
     act, err, emb = (v.requires_grad_(True) for v in rep.clean_values(B))
     out = rep.forward(act, err, emb, logit_tokens)
-    targets_BR = torch.cat([out.pre_BN, out.targets_BK], dim=1)
-    bar = tqdm(total=len(rows), desc="attribution", unit="target", disable=not progress or len(rows) <= B, leave=False)
-    for start in range(0, len(rows), B):
-        chunk = rows[start:start + B]
-        col = torch.tensor([r if r < n_feat else n_feat + r - (N - n_log) for r in chunk], device=targets_BR.device)
+    chunks = [(out.pre_BN, list(range(a, min(a + B, n_feat))), 0) for a in range(0, n_feat, B)]
+    chunks += [(out.targets_BK, list(range(N - n_log + a, min(N - n_log + a + B, N))), N - n_log) for a in range(0, n_log, B)]
+    bar = tqdm(total=n_feat + n_log, desc="attribution", unit="target", disable=not progress or len(chunks) <= 1, leave=False)
+    for k, (targets_BR, chunk, offset) in enumerate(chunks):
         seed_BR = torch.zeros_like(targets_BR)
-        seed_BR[torch.arange(len(chunk), device=seed_BR.device), col] = 1
+        seed_BR[torch.arange(len(chunk), device=seed_BR.device), torch.tensor(chunk, device=seed_BR.device) - offset] = 1
         g_act, g_err, g_emb = torch.autograd.grad(targets_BR, (act, err, emb), grad_outputs=seed_BR, allow_unused=True,
-                                                  retain_graph=start + B < len(rows))
+                                                  retain_graph=k + 1 < len(chunks))
         g_act = torch.zeros_like(act) if g_act is None else g_act
         g_err = torch.zeros_like(err) if g_err is None else g_err
         g_emb = torch.zeros_like(emb) if g_emb is None else g_emb
@@ -457,7 +479,7 @@ def attribution_graph(model: HookedTransformer, cc: Crosscoder, tokens_T: torch.
         A[chunk, : N - n_log] = row_BS.float().cpu()
         bar.update(len(chunk))
     bar.close()
-    del out, targets_BR
+    del out, chunks
     weights = torch.zeros(N)
     probs = logit_probs.double().cpu()
     weights[-n_log:] = (probs / probs.sum() if probs.sum() > 0 else torch.full_like(probs, 1 / n_log)).float()  # scale-free

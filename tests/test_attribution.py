@@ -59,7 +59,7 @@ def test_linearisation_is_exact(setup):
             hooks = [(f"blocks.{l}.hook_resid_post", lambda a, hook: resid.__setitem__(hook.name, a)) for l in range(2)]
             with model.hooks(fwd_hooks=hooks):
                 out = rep.forward(*rep.clean_values(1), frozen=frozen)
-            torch.testing.assert_close(out.logits_BTV[0], rep.clean_logits_TV, atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.logits_BV[0], rep.clean_logits_TV[-1], atol=1e-4, rtol=0)
             torch.testing.assert_close(out.pre_BN[0], rep.clean_pre_N, atol=1e-4, rtol=0)
             for name, a in resid.items():
                 torch.testing.assert_close(a, cache[name], atol=1e-4, rtol=0)
@@ -186,7 +186,7 @@ def test_clt_reading_the_mlp_input(tiny_embedded):
     a, e, m = rep.clean_values(1)
     with torch.no_grad():
         clean, zero = rep.forward(a, e, m, g.logit_tokens), rep.forward(a * 0, e * 0, m * 0, g.logit_tokens)
-    torch.testing.assert_close(clean.logits_BTV[0], rep.clean_logits_TV, atol=1e-4, rtol=0)
+    torch.testing.assert_close(clean.logits_BV[0], rep.clean_logits_TV[-1], atol=1e-4, rtol=0)
     torch.testing.assert_close(clean.pre_BN[0], rep.clean_pre_N, atol=1e-4, rtol=0)
     delta = torch.cat([clean.pre_BN[0], clean.targets_BK[0]]) - torch.cat([zero.pre_BN[0], zero.targets_BK[0]])
     assert g.n_features > 0
