@@ -25,6 +25,8 @@ _EXPORTS = {
     "AttributionConfig": "featgraph.attribution", "LinearisedReplacement": "featgraph.attribution",
     "run_attribution": ".attribution_run", "write_attribution": ".attribution_run", "write_attribution_html": ".attribution_page",
     "find_supernodes": ".supernodes", "supernode_effects": ".supernodes",
+    "linear_cka": ".similarity", "svcca": ".similarity", "rsa": ".similarity", "representation_similarity": ".similarity",
+    "feature_similarity": ".similarity", "stage_feature_similarity": ".similarity",
     "build_crosscoder": "crosscoder.build", "load_crosscoder": "crosscoder.io", "save_crosscoder": "crosscoder.io",
     "evaluate": "crosscoder.metrics", "feature_activations": "crosscoder.apply", "model_diff": "crosscoder.model_diff",
     "FeatgraphError": "crosscoder.errors",

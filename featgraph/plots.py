@@ -28,7 +28,7 @@ __all__ = [
     "rel_norm_counts", "rel_norm_figure", "quadrant_figure", "community_sizes_figure", "CommunityFlows",
     "community_flows", "SankeyBand", "sankey_layout", "sankey_figure",
     "drop_k_figure", "hookpoint_table_figure", "ce_diff_histogram_figure", "correlation_figure", "embedding_figure",
-    "diagnose_figures",
+    "diagnose_figures", "similarity_figure",
 ]
 
 SHARED_BAND = (0.3, 0.7)
@@ -548,3 +548,50 @@ def diagnose_figures(doc: Mapping) -> dict[str, object]:
         if doc.get("width_sweep"):
             figs["width_sweep"] = width_sweep_figure(WidthSweep.from_dict(doc["width_sweep"]))
     return figs
+
+
+# ---------------------------------------------------------------- representation similarity
+
+SIMILARITY_LABELS = {"cka": "CKA", "cka_debiased": "CKA debiased", "svcca": "SVCCA", "rsa": "RSA"}
+"""Column labels of :func:`similarity_figure` for the measures of :mod:`featgraph.similarity`."""
+
+
+def similarity_figure(table: Mapping, path: str | os.PathLike | None = None,
+                      measures: Sequence[str] = ("cka", "cka_debiased", "svcca", "rsa"), title: str | None = None):
+    """Matrix plot of representation similarities: rows are hookpoints (or dictionary pairs), columns measure ×
+    condition (``CKA clean``, ``CKA triggered``, ``SVCCA clean``, …), each cell annotated with its value (grey: n/a).
+
+    ``table`` is {condition: {row: {measure: value}}} — values as :func:`featgraph.similarity.similarity_rows` writes
+    them, or :class:`~featgraph.similarity.Similarity` tuples; rows are the union over conditions in first-seen order.
+    Written as a PNG (atomically) when ``path`` is given; the figure is returned either way.
+    """
+    conditions = list(table)
+    rows = list(dict.fromkeys(r for c in conditions for r in table[c]))
+    cols = [(m, c) for m in measures for c in conditions]
+
+    def value(c: str, r: str, m: str) -> float:
+        cell = table[c].get(r)
+        cell = cell._asdict() if hasattr(cell, "_asdict") else (cell or {})
+        v = cell.get(m)
+        return np.nan if v is None else float(v)
+
+    V = np.array([[value(c, r, m) for m, c in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
+    fig = _figure(max(4.0, 1.6 + 0.85 * len(cols)), max(2.4, 1.3 + 0.38 * len(rows)))
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    lo = min(0.0, float(np.nanmin(V))) if np.isfinite(V).any() else 0.0
+    im = ax.imshow(np.ma.masked_invalid(V), cmap=colormaps["viridis"].with_extremes(bad="#dddddd"), vmin=lo, vmax=1.0, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = V[i, j]
+            dark = np.isfinite(v) and (v - lo) / max(1e-9, 1.0 - lo) < 0.6
+            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), [f"{SIMILARITY_LABELS.get(m, m)} {c}" for m, c in cols], rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [short_hookpoint(r) for r in rows], fontsize=7)
+    ax.set_title(title or "representation similarity (1 = same up to the measure's invariances)", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if path is not None:
+        save_png(fig, path)
+    return fig
