@@ -81,6 +81,23 @@ def checkpoint(tmp_path_factory):
     return path, hf_model
 
 
+def tiny_gpt2_world(root):
+    """A user's own world in ``root``: a two-layer random-weight GPT-2 saved as a HuggingFace checkpoint (``ckpt/``, with
+    the word tokenizer) and ``text.txt``, a few hundred lines of SENTENCES; returns ``root``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = build_word_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(root / "ckpt")
+    tok.save_pretrained(root / "ckpt")
+    g = torch.Generator().manual_seed(1)
+    lines = [SENTENCES[int(i)] for i in torch.randint(0, len(SENTENCES), (400,), generator=g)]
+    (root / "text.txt").write_text("\n\n".join(lines))
+    return root
+
+
 def empty_hf_cache(tmp_path, monkeypatch):
     """Point the HuggingFace cache at an empty folder (constants are read at import)."""
     from huggingface_hub import constants

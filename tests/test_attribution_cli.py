@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from conftest import SENTENCES, build_word_tokenizer
+from conftest import build_word_tokenizer, tiny_gpt2_world
 from featgraph.cli import main
 
 PROMPT = "once upon a time there was a little girl named lily she liked to play in the park with her"
@@ -19,18 +18,7 @@ PROMPT = "once upon a time there was a little girl named lily she liked to play 
 @pytest.fixture(scope="module")
 def clt_world(tmp_path_factory):
     """A two-layer random-weight GPT-2 checkpoint, a text file and a CLT trained on it through the CLI."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    root = tmp_path_factory.mktemp("clt_user")
-    tok = build_word_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(root / "ckpt")
-    tok.save_pretrained(root / "ckpt")
-    g = torch.Generator().manual_seed(1)
-    lines = [SENTENCES[int(i)] for i in torch.randint(0, len(SENTENCES), (400,), generator=g)]
-    (root / "text.txt").write_text("\n\n".join(lines))
+    root = tiny_gpt2_world(tmp_path_factory.mktemp("clt_user"))
     inputs = ["--model", root / "ckpt", "--data", root / "text.txt", "--context-size", "32", "--quiet"]
     code = main([str(a) for a in ["crosscoder", "train", *inputs, "--architecture", "clt", "--k", "6", "--n-features", "64",
                                   "--steps", "60", "--batch-size", "128", "--buffer-tokens", "2048", "--norm-tokens", "1000",

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from conftest import SENTENCES, build_word_tokenizer
+from conftest import tiny_gpt2_world
 from featgraph.cli import main
 
 HOOK = "blocks.1.hook_resid_post"
@@ -19,18 +18,7 @@ HOOK = "blocks.1.hook_resid_post"
 @pytest.fixture(scope="module")
 def user_world(tmp_path_factory):
     """A two-layer random-weight GPT-2 saved as a HuggingFace checkpoint, and a text file of a few hundred lines."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    root = tmp_path_factory.mktemp("user")
-    tok = build_word_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(root / "ckpt")
-    tok.save_pretrained(root / "ckpt")
-    g = torch.Generator().manual_seed(1)
-    lines = [SENTENCES[int(i)] for i in torch.randint(0, len(SENTENCES), (400,), generator=g)]
-    (root / "text.txt").write_text("\n\n".join(lines))
+    root = tiny_gpt2_world(tmp_path_factory.mktemp("user"))
     return root
 
 
