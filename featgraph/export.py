@@ -792,14 +792,8 @@ def write_neuronpedia(
                                      "supernodes = communities"),
                      "generator": {"name": "featgraph", "version": generator_version}},
         },
-        "qParams": {"pinnedIds": [node_ids[k] for k in pinned], "supernodes": supernodes, "linkType": "both",
-                    "clickedId": node_ids[pinned[0]] if pinned else "", "sg_pos": ""},
-        "nodes": nodes,
-        "links": links,
     }
-    with atomic_file(path) as tmp:
-        tmp.write_text(_dumps(doc), encoding="utf-8")
-    return Path(path)
+    return _write_viewer_doc(path, doc, node_ids, pinned, supernodes, nodes, links)
 
 
 def _generator_version() -> str:
@@ -937,13 +931,15 @@ def _write_attribution_neuronpedia(graph: FeatureGraph, path, slug, scan, prompt
     settings = {"max_n_logits": cfg.get("max_logits"), "desired_logit_prob": cfg.get("logit_probability"), "batch_size": cfg.get("batch_size")}
     if any(v is not None for v in settings.values()):
         metadata["generation_settings"] = {k: v for k, v in settings.items() if v is not None}
-    doc = {
-        "metadata": metadata,
-        "qParams": {"pinnedIds": [node_ids[k] for k in pins], "supernodes": supernodes, "linkType": "both",
-                    "clickedId": node_ids[pins[0]] if pins else "", "sg_pos": ""},
-        "nodes": nodes,
-        "links": links,
-    }
+    return _write_viewer_doc(path, {"metadata": metadata}, node_ids, pins, supernodes, nodes, links)
+
+
+def _write_viewer_doc(path, doc: dict, node_ids: list[str], pins: list[int], supernodes: list, nodes: list, links: list) -> Path:
+    """``doc`` (its ``metadata``) completed with the viewer's ``qParams`` (pins, supernodes, the first pin clicked),
+    ``nodes`` and ``links``, written atomically."""
+    doc = {**doc, "qParams": {"pinnedIds": [node_ids[k] for k in pins], "supernodes": supernodes, "linkType": "both",
+                              "clickedId": node_ids[pins[0]] if pins else "", "sg_pos": ""},
+           "nodes": nodes, "links": links}
     with atomic_file(path) as tmp:
         tmp.write_text(_dumps(doc), encoding="utf-8")
     return Path(path)
