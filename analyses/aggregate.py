@@ -29,7 +29,12 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "bottom_left_relevant": ("feature_diff", "fraction_relevant_in_bottom_left"),
     "bottom_left_relevant_context_rule": ("feature_diff", "by_relevance_rule", "context", "fraction_relevant_in_bottom_left"),
     "bottom_left_relevant_token_rule": ("feature_diff", "by_relevance_rule", "token", "fraction_relevant_in_bottom_left"),
+    "bottom_left_relevant_ablation_rule": ("feature_diff", "by_relevance_rule", "ablation", "fraction_relevant_in_bottom_left"),
     "active_relevant": ("feature_diff", "fraction_relevant_among_active"),
+    "active_relevant_token_rule": ("feature_diff", "by_relevance_rule", "token", "fraction_relevant_among_active"),
+    "active_relevant_ablation_rule": ("feature_diff", "by_relevance_rule", "ablation", "fraction_relevant_among_active"),
+    "ablation_judge_kappa_context": ("ablation_judge", "agreement", "context", "kappa"),
+    "ablation_judge_kappa_token": ("ablation_judge", "agreement", "token", "kappa"),
     "top_changed_relevant": ("graph_diff", "fraction_relevant_in_top_changed"),
     "communities_ari": ("graph_diff", "communities", "ari"),
     "stagewise_precision_at_10": ("method_comparison", "stagewise_precision_at_k", "10"),
@@ -65,6 +70,12 @@ def headline_values(report: Mapping[str, Any]) -> dict[str, float | None]:
     for site, v in (report.get("interactions") or {}).items():
         out[f"interactions/{site}/trigger_top20_relative"] = _get(v, ("relative", "fraction_trigger"))
         out[f"interactions/{site}/trigger_top20_absolute"] = _get(v, ("absolute", "fraction_trigger"))
+    sim = report.get("representation_similarity") or {}
+    if isinstance(sim.get("agree"), bool):  # does the dictionary point at the hookpoint the baseline (largest CKA drop) does?
+        out["representation/dictionary_agrees_with_baseline"] = float(sim["agree"])
+    drops = [v for v in (sim.get("cka_drop") or {}).values() if isinstance(v, (int, float)) and math.isfinite(v)]
+    if drops:
+        out["representation/largest_cka_drop"] = float(max(drops))
     cp = report.get("compact_proofs") or {}
     for how in ("per_prompt", "pooled"):
         out[f"compact_proofs/{how}_trigger"] = _get(cp, (how, "fraction_trigger"))

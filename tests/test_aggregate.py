@@ -39,6 +39,12 @@ def test_means_sds_and_paired_differences_by_hand():
     cp = aggregate(reports, n_boot=200)["figures"]
     assert cp["compact_proofs/per_prompt_trigger"]["per_seed"] == {"1": 0.3} and cp["compact_proofs/per_prompt_trigger_base_rate"]["mean"] == 0.25
     assert cp["compact_proofs/pooled_trigger"]["n"] == 1 and "compact_proofs/pooled_trigger_base_rate" not in cp
+    # representation diffing: does the dictionary point where the baseline does (1/0 per seed), and the largest CKA drop
+    reports[0]["representation_similarity"] = {"agree": True, "cka_drop": {"a": 0.1, "b": 0.4, "c": float("nan")}}
+    reports[2]["representation_similarity"] = {"agree": False, "cka_drop": {"a": 0.2}}
+    rep = aggregate(reports, n_boot=200)["figures"]
+    assert rep["representation/dictionary_agrees_with_baseline"]["per_seed"] == {"0": 1.0, "2": 0.0}
+    assert rep["representation/largest_cka_drop"]["mean"] == pytest.approx(0.3)
 
 
 def test_bootstrap_interval_matches_its_definition():
