@@ -1,8 +1,8 @@
 """Attention interactions of crosscoder features: which feature pairs drive attention (QK), and what a key-side
 feature writes through a head (OV), data-free and weighted by data.
 
-Following the compact-proofs treatment of attention in Gross, Agrawal et al., "Measuring nonlinear feature
-interactions in sparse crosscoders" (arXiv 2606.09940; chainik1125/crosscoders-feature-interactions,
+Following the compact-proofs treatment of attention in Manning-Coe, Read, Soligo, Clive-Griffin, Yip, Agrawal and Gross,
+"Interactions between crosscoder features: a compact proofs perspective" (arXiv 2606.09940; chainik1125/crosscoders-feature-interactions,
 ``attention_analysis.py``). The *site* is the attention input of layer N, ``blocks.N.ln1.hook_normalized``, read
 from a crosscoder that writes that hookpoint.
 
